@@ -1,0 +1,188 @@
+"""Motion-blur synthesis: kernels, sRGB <-> linear light, blurring by kernel or by averaging sub-frames.
+
+Kernels follow the fit-to-test-data paper (section III-B): a motion vector (length, angle) drawn as an
+anti-aliased (sub-pixel) line; *symmetric* kernels centre the line on the kernel centre (the sharp frame
+is the middle of the exposure), *asymmetric* ones start it there. Blurring happens in linear light
+(inverse gamma, blur, gamma), as real blur happens on raw sensor values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------- gamma
+def srgb_to_linear(x):
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1). Tensor or array in, same type out."""
+    if isinstance(x, torch.Tensor):
+        x = x.clamp(0, 1)
+        return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    x = np.clip(np.asarray(x, dtype=np.float32), 0, 1)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(x):
+    """Linear light in [0, 1] -> sRGB-encoded values."""
+    if isinstance(x, torch.Tensor):
+        x = x.clamp(0, 1)
+        return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    x = np.clip(np.asarray(x, dtype=np.float32), 0, 1)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.maximum(x, 1e-12) ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------- kernels
+def _odd(n: float) -> int:
+    n = int(math.ceil(n))
+    return n if n % 2 else n + 1
+
+
+def splat_points(points: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Bilinearly splat points (N, 2) given as (x, y) offsets from the kernel centre onto a size x size grid.
+
+    Bilinear splatting keeps each point's centroid exactly, which is what makes the kernels sub-pixel.
+    """
+    c = (size - 1) / 2.0
+    k = np.zeros((size, size), dtype=np.float64)
+    w = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
+    x = points[:, 0] + c
+    y = points[:, 1] + c
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    for dx, dy, ww in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        ok = (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
+        np.add.at(k, (yi[ok], xi[ok]), (w * ww)[ok])
+    s = k.sum()
+    if s <= 0:
+        raise ValueError("kernel points fall outside the kernel; use a larger size")
+    return (k / s).astype(np.float32)
+
+
+def linear_motion_kernel(length: float, angle_deg: float, size: int | None = None, symmetric: bool = True,
+                         samples_per_px: int = 16) -> np.ndarray:
+    """A normalised, anti-aliased straight-line motion kernel (rows = y down, cols = x right).
+
+    ``length`` is the extent of the motion in pixels (0 gives the identity); ``angle_deg`` is measured
+    counter-clockwise from the x axis. Symmetric: the line is centred on the kernel centre. Asymmetric:
+    it starts at the centre and runs ``length`` pixels along the angle.
+    """
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    reach = length / 2 if symmetric else length
+    if size is None:
+        size = _odd(2 * reach + 3)
+    elif size % 2 == 0:
+        raise ValueError(f"kernel size must be odd, got {size}")
+    if 2 * reach + 1 > size:
+        raise ValueError(f"a {length}px motion does not fit a {size}x{size} kernel")
+    n = max(2, int(math.ceil(length * samples_per_px)) + 1)
+    # points sit at the centres of n equal segments, so the line's second moment is exactly length^2 / 12
+    t = (np.arange(n) + 0.5) / n
+    s = (t - 0.5) * length if symmetric else t * length
+    a = math.radians(angle_deg)
+    pts = np.stack([s * math.cos(a), -s * math.sin(a)], axis=1)  # image y points down
+    if length == 0:
+        pts = np.zeros((1, 2))
+    return splat_points(pts, size)
+
+
+def random_trajectory_kernel(size: int = 31, length: float | None = None, anxiety: float = 0.005,
+                             num_steps: int = 2000, generator: np.random.Generator | int | None = None) -> np.ndarray:
+    """A camera-shake kernel from a random trajectory (Boracchi & Foi 2012, the "simulated" kernels).
+
+    The trajectory is a random walk with inertia and occasional abrupt jerks; it is scaled so that its
+    path length is ``length`` (default: size / 2), centred on its centroid and splatted sub-pixel.
+    """
+    rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+    length = size / 2 if length is None else length
+    centripetal = 0.7 * rng.random()
+    gaussian = 10 * rng.random()
+    jerk = 0.2 * rng.random()
+    v = np.exp(1j * 2 * np.pi * rng.random())
+    x = np.zeros(num_steps, dtype=np.complex128)
+    for t in range(num_steps - 1):
+        if rng.random() < jerk * anxiety:
+            dv = 2 * v * np.exp(1j * (np.pi + (rng.random() - 0.5)))
+        else:
+            dv = 0
+        dv = dv - centripetal * x[t] + (gaussian * (rng.standard_normal() + 1j * rng.standard_normal())) * anxiety
+        v = v + dv
+        v = v / (abs(v) + 1e-12) * (1.0 / num_steps)
+        x[t + 1] = x[t] + v
+    path = float(np.abs(np.diff(x)).sum())
+    x = (x - x.mean()) * (length / max(path, 1e-12))
+    span = max(np.abs(x.real).max(), np.abs(x.imag).max())
+    limit = (size - 3) / 2
+    if span > limit:  # keep it inside the kernel
+        x *= limit / span
+    return splat_points(np.stack([x.real, x.imag], axis=1), size)
+
+
+def kernel_centroid(kernel: np.ndarray) -> tuple[float, float]:
+    """(x, y) centroid offset from the kernel centre, in pixels."""
+    k = np.asarray(kernel, dtype=np.float64)
+    k = k / k.sum()
+    c = (k.shape[0] - 1) / 2.0
+    ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
+    return float((k * xs).sum() - c), float((k * ys).sum() - c)
+
+
+def kernel_extent(kernel: np.ndarray) -> float:
+    """Motion extent in pixels from the kernel's largest principal second moment (sqrt(12 * var))."""
+    k = np.asarray(kernel, dtype=np.float64)
+    k = k / k.sum()
+    ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
+    mx, my = (k * xs).sum(), (k * ys).sum()
+    cov = np.array([[(k * (xs - mx) ** 2).sum(), (k * (xs - mx) * (ys - my)).sum()],
+                    [(k * (xs - mx) * (ys - my)).sum(), (k * (ys - my) ** 2).sum()]])
+    return float(math.sqrt(12 * max(np.linalg.eigvalsh(cov)[-1], 0.0)))
+
+
+# --------------------------------------------------------------------------------------- blurring
+def apply_kernel(frames: torch.Tensor, kernel, linear_light: bool = True) -> torch.Tensor:
+    """Blur frames (F, 3, H, W) in [0, 1] by a kernel (k, k) shared by all frames or one per frame (F, k, k).
+
+    A true convolution (the kernel is flipped), reflect-padded so the output keeps the input's size.
+    With ``linear_light`` the blur is done on linearised values and re-encoded to sRGB.
+    """
+    if frames.ndim != 4:
+        raise ValueError(f"expected frames (F, C, H, W), got shape {tuple(frames.shape)}")
+    k = torch.as_tensor(np.asarray(kernel) if not isinstance(kernel, torch.Tensor) else kernel,
+                        dtype=frames.dtype, device=frames.device)
+    if k.ndim == 2:
+        k = k.expand(frames.shape[0], *k.shape)
+    if k.ndim != 3 or k.shape[0] != frames.shape[0] or k.shape[1] % 2 == 0 or k.shape[1] != k.shape[2]:
+        raise ValueError(f"kernel must be (k, k) or (F, k, k) with odd k, got {tuple(k.shape)}")
+    k = torch.flip(k, dims=(-2, -1))
+    f, c, h, w = frames.shape
+    x = srgb_to_linear(frames) if linear_light else frames
+    p = k.shape[-1] // 2
+    mode = "reflect" if p < h and p < w else "replicate"
+    x = F.pad(x.reshape(1, f * c, h, w), (p, p, p, p), mode=mode)
+    weight = k.repeat_interleave(c, dim=0)[:, None]  # (F*C, 1, k, k), one kernel per frame
+    y = F.conv2d(x, weight, groups=f * c).reshape(f, c, h, w)
+    return linear_to_srgb(y) if linear_light else y.clamp(0, 1)
+
+
+def average_subframes(subframes, tau: int | None = None, linear_light: bool = True):
+    """DTB paper eq. (1): a blurry frame is the mean of ``tau`` consecutive sharp sub-frames.
+
+    ``subframes``: (N, ...) tensor/array in [0, 1] with N >= tau; the first ``tau`` are averaged (all of
+    them when tau is None). Returns (blurry, sharp); sharp is the middle averaged sub-frame, index
+    tau // 2 (eq. (1) writes ceil(tau / 2) with 1-based sub-frames, the same frame for odd tau).
+    """
+    n = subframes.shape[0]
+    tau = n if tau is None else int(tau)
+    if not 1 <= tau <= n:
+        raise ValueError(f"tau must be in [1, {n}], got {tau}")
+    sub = subframes[:tau]
+    if linear_light:
+        blurry = linear_to_srgb(srgb_to_linear(sub).mean(0))
+    else:
+        blurry = sub.mean(0)
+    sharp = subframes[tau // 2]
+    return blurry, sharp
