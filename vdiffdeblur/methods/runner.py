@@ -22,7 +22,7 @@ METHODS = {
     "transfer": "vdiffdeblur.methods.transfer:make_stream",
     "dtb": "vdiffdeblur.methods.online:make_stream",
     "fit": "vdiffdeblur.methods.fit_to_test:make_stream",
-    "diffusion": "vdiffdeblur.pipelines.streaming:make_stream",
+    "diffusion": "vdiffdeblur.methods.diffusion:make_stream",
 }
 
 
