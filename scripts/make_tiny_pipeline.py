@@ -1,0 +1,45 @@
+"""Write a tiny random DeblurVideoPipeline (the tests' configs, `vdiffdeblur.models.tiny`) to a folder.
+
+    python scripts/make_tiny_pipeline.py --out tiny-pipeline [--seed 0] [--prediction-type v_prediction]
+
+It deblurs nothing (random weights): it is for trying the commands, the docs and smoke tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write a tiny random DeblurVideoPipeline.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon")
+    p.add_argument("--num-tokens", type=int, default=4)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    args = p.parse_args(argv)
+
+    from vdiffdeblur.models.tiny import make_tiny_pipeline
+    from vdiffdeblur.video import atomic_replace, remove_path, temp_sibling
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists (use --overwrite)", file=sys.stderr)
+        return 2
+    pipe = make_tiny_pipeline(seed=args.seed, prediction_type=args.prediction_type, num_tokens=args.num_tokens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        atomic_replace(tmp, out)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    print(f"wrote a tiny DeblurVideoPipeline to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The diffusion deblurrer end to end: load a pipeline folder, and stream a video through it window by window
+from the reader into the writer (the CLI's `--method diffusion` and `scripts/ddim_inference.py`).
+
+Memory stays flat in the video's length: the stream holds one temporal window of frames and the trajectory of
+its overlap (see `DeblurVideoStream`), and frames go to the writer as soon as they are final.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..frames import to_uint8_frames
+from ..video import VideoInfo, VideoWriter, iter_frames, probe, same_file
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """`auto` -> cuda if available, else mps, else cpu; otherwise the named device (checked to exist)."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on GPUs that support it, else float16 on CUDA; float32 elsewhere."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
+    return DTYPES[name]
+
+
+def load_pipeline(model, device: str | None = "auto", dtype: str | None = "auto", cpu_offload: bool = False,
+                  vae_slicing: bool = False, vae_tiling: bool = False):
+    """A `DeblurVideoPipeline` from a local folder, on `device` in `dtype` (both may be `auto`).
+
+    `cpu_offload` keeps each model on the CPU until it runs (`enable_model_cpu_offload`, for small GPUs);
+    `vae_slicing` / `vae_tiling` cut the VAE's memory. Raises `FileNotFoundError` / `ModelFolderError` (a
+    `ValueError`) naming what is wrong with the folder.
+    """
+    from vdiffdeblur.pipelines import DeblurVideoPipeline
+
+    if not model:
+        raise ValueError("the diffusion method needs a model: --model DIR (a DeblurVideoPipeline folder; make one "
+                         "with scripts/convert_t2v_to_deblur.py or scripts/make_tiny_pipeline.py)")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    pipe = DeblurVideoPipeline.from_pretrained(str(model), torch_dtype=torch_dtype)
+    if cpu_offload and dev.type != "cpu":
+        pipe.enable_model_cpu_offload(device=dev)
+    else:
+        pipe.to(dev)
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    logger.info("loaded %s on %s in %s", model, dev, torch_dtype)
+    return pipe
+
+
+def make_generator(seed: int | None) -> torch.Generator | None:
+    """A seeded generator on the CPU: initial noise is then the same on every device."""
+    if seed is None:
+        return None
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+class DiffusionFrameStream:
+    """The CLI's `FrameStream` over a `DeblurVideoStream`: uint8 `(H, W, 3)` frames in, uint8 frames out, in order.
+
+    Frames come out in bursts of one window (minus the overlap) as soon as a window is denoised.
+    """
+
+    def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int = 50,
+                 guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
+                 window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
+                 eta: float = 0.0):
+        kwargs = dict(num_inference_steps=num_inference_steps, eta=eta, generator=make_generator(seed),
+                      window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size)
+        if guidance_scale is not None:
+            kwargs["guidance_scale"] = guidance_scale
+        if window_overlap is not None:
+            kwargs["window_overlap"] = window_overlap
+        self.session = pipe.open_stream(height, width, batch_size=1, **kwargs)
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div(255.0)
+        with torch.no_grad():
+            return self._to_frames(self.session.push(x[None, :, None]))
+
+    def flush(self) -> list[np.ndarray]:
+        with torch.no_grad():
+            return self._to_frames(self.session.flush())
+
+    @staticmethod
+    def _to_frames(pieces) -> list[np.ndarray]:
+        out = []
+        for p in pieces:  # (1, 3, m, H, W) in [0, 1]
+            out.extend(to_uint8_frames(p[0].permute(1, 0, 2, 3)))
+        return out
+
+
+def _opt(options: dict, key: str, default=None):
+    value = options.get(key)
+    return default if value is None else value
+
+
+def make_stream(source, info: VideoInfo, options: dict) -> DiffusionFrameStream:
+    """The CLI factory (`vdiffdeblur deblur --method diffusion --model DIR`): options are the CLI's arguments
+    (`model`, `device`, `dtype`, `steps`, `guidance`, `window`, `overlap`, `seed`; optional `tile_size`,
+    `decode_chunk_size`, `cpu_offload`, `vae_slicing`, `vae_tiling`)."""
+    pipe = load_pipeline(options.get("model"), device=_opt(options, "device", "auto"),
+                         dtype=_opt(options, "dtype", "auto"), cpu_offload=bool(options.get("cpu_offload")),
+                         vae_slicing=bool(options.get("vae_slicing")), vae_tiling=bool(options.get("vae_tiling")))
+    pipe.set_progress_bar_config(disable=True)  # the caller shows progress per frame
+    return DiffusionFrameStream(
+        pipe, info.height, info.width, num_inference_steps=int(_opt(options, "steps", 50)),
+        guidance_scale=options.get("guidance"), seed=_opt(options, "seed", 0), window_size=options.get("window"),
+        window_overlap=options.get("overlap"), tile_size=options.get("tile_size"),
+        decode_chunk_size=_opt(options, "decode_chunk_size", 8),
+    )
+
+
+def deblur_video_file(pipe, source, output, *, num_inference_steps: int = 50, guidance_scale: float | None = None,
+                      seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
+                      tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
+                      lossless: bool = False, crf: int = 18, quiet: bool = False) -> VideoInfo:
+    """Deblur a video file / frame folder into `output` (video file, or a PNG folder for a path without suffix),
+    streaming from the reader to the writer. The output has the input's frame count, size and fps; on error
+    nothing is left under `output`."""
+    if same_file(source, output):
+        raise ValueError(f"output {output} is the input: refusing to overwrite it")
+    info = probe(source)
+    stream = DiffusionFrameStream(
+        pipe, info.height, info.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        seed=seed, window_size=window_size, window_overlap=window_overlap, tile_size=tile_size,
+        decode_chunk_size=decode_chunk_size, eta=eta,
+    )
+    n = 0
+    with VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf) as writer:
+        with tqdm(total=info.num_frames, desc="deblur (diffusion)", unit="frame", disable=quiet) as bar:
+            for frame in iter_frames(source):
+                for out in stream.push(frame):
+                    writer.write(out)
+                    n += 1
+                    bar.update(1)
+            for out in stream.flush():
+                writer.write(out)
+                n += 1
+                bar.update(1)
+        if n != info.num_frames:
+            raise RuntimeError(f"diffusion produced {n} frames for {info.num_frames} input frames")
+    return info
