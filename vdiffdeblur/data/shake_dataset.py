@@ -1,0 +1,132 @@
+"""``SyntheticShakeDataset``: camera-shake training clips made on the fly from sharp photos or sharp videos
+with the foundation's generator (:func:`vdiffdeblur.data.synthetic.synthesize_shake`), so training needs no
+download.
+
+There are ``num_clips`` distinct synthetic clips; clip ``k`` is made from source ``k % len(sources)`` with a
+seed derived from ``(seed, k)``, so the same dataset arguments always give the same clips. Each clip is
+``frames_per_clip`` frames long (``clip_len`` by default) at ``config.width`` x ``config.height``; an item
+is a random temporal window of ``clip_len`` frames and a random ``crop`` of it, the same for blurry and
+sharp, drawn from ``(seed, epoch, index)``. Clips are kept in memory once made (``cache=True``), which
+makes later epochs cheap; ``still_fraction`` of the clips are made without shake (only the slow pan),
+so a network also learns to leave sharp frames alone.
+
+By default the sources are :data:`~vdiffdeblur.data.synthetic.TRAIN_PHOTOS`; never train on
+:data:`~vdiffdeblur.data.synthetic.EVAL_PHOTOS`.
+
+An item is a dict with the same keys as :class:`~vdiffdeblur.data.paired.PairedVideoDataset` items
+(``"blurry"``, ``"sharp"``: float32 (F, 3, H, W) in [0, 1]; ``"sequence"``; ``"start"``; ``"top"``,
+``"left"``) plus ``"blur_extent"``: float32 (F,) the mean path length of image points during each
+frame's exposure, in pixels, and ``"clip_seed"``: the seed the clip was synthesized with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..video import read_video
+from .paired import DatasetError, to_float_clip
+from .synthetic import TRAIN_PHOTOS, ShakeConfig, load_photo, synthesize_shake
+
+logger = logging.getLogger(__name__)
+
+
+def _load_source(source):
+    """A source -> (label, uint8 photo (H, W, 3) or sharp video (F, H, W, 3))."""
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape}>", source
+    name = str(source)
+    path = Path(name)
+    if not name.startswith("builtin:") and path.exists() and (path.is_dir() or path.suffix.lower() not in
+                                                               (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
+        frames = read_video(path).frames  # a sharp video or frame folder
+        return name, frames if len(frames) > 1 else frames[0]
+    return (name if name.startswith("builtin:") or path.exists() else f"builtin:{name}"), load_photo(source)
+
+
+class SyntheticShakeDataset(Dataset):
+    """Synthetic camera-shake clips with ground truth (see the module docstring)."""
+
+    def __init__(self, sources=TRAIN_PHOTOS, num_clips: int = 64, clip_len: int = 13, crop=128,
+                 config: ShakeConfig | None = None, frames_per_clip: int | None = None,
+                 samples_per_clip: int = 1, seed: int = 0, still_fraction: float = 0.0, cache: bool = True):
+        if isinstance(sources, (str, Path)) or (isinstance(sources, np.ndarray) and sources.ndim in (3, 4)):
+            sources = [sources]
+        if len(sources) == 0:
+            raise ValueError("SyntheticShakeDataset needs at least one source photo or video")
+        if clip_len < 1 or num_clips < 1 or samples_per_clip < 1:
+            raise ValueError("clip_len, num_clips and samples_per_clip must be >= 1")
+        if not 0.0 <= still_fraction <= 1.0:
+            raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
+        frames_per_clip = frames_per_clip or clip_len
+        if frames_per_clip < clip_len:
+            raise ValueError(f"frames_per_clip ({frames_per_clip}) must be >= clip_len ({clip_len})")
+        self.config = replace(config or ShakeConfig(), num_frames=frames_per_clip)
+        self.crop = (crop, crop) if isinstance(crop, int) else (tuple(int(v) for v in crop) if crop else None)
+        if self.crop and (self.crop[0] > self.config.height or self.crop[1] > self.config.width):
+            raise ValueError(f"crop {self.crop[1]}x{self.crop[0]} is larger than the synthetic frames "
+                             f"{self.config.width}x{self.config.height}")
+        self.sources = [_load_source(s) for s in sources]
+        for label, arr in self.sources:
+            if arr.ndim == 4 and len(arr) < frames_per_clip:
+                raise DatasetError(f"source {label}: a sharp video of {len(arr)} frames is shorter than "
+                                   f"frames_per_clip={frames_per_clip}")
+        self.num_clips, self.clip_len, self.frames_per_clip = num_clips, clip_len, frames_per_clip
+        self.samples_per_clip, self.seed, self.still_fraction = samples_per_clip, seed, still_fraction
+        self.cache = cache
+        self._clips: dict[int, tuple] = {}
+        self.epoch = 0
+        # which clips are still: a fixed, seeded choice
+        n_still = int(round(still_fraction * num_clips))
+        self._still = set(np.random.default_rng([seed, 7]).permutation(num_clips)[:n_still].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_clips * self.samples_per_clip
+
+    def clip_seed(self, k: int) -> int:
+        return int(np.random.default_rng([self.seed, k]).integers(0, 2**31 - 1))
+
+    def clip(self, k: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        """Clip ``k``: (name, blurry uint8 (F, H, W, 3), sharp uint8, blur extent (F,))."""
+        if k in self._clips:
+            return self._clips[k]
+        label, src = self.sources[k % len(self.sources)]
+        seed = self.clip_seed(k)
+        cfg = self.config
+        if k in self._still:
+            cfg = replace(cfg, shake_px=0.0, rotation_deg=0.0, zoom=0.0)
+        if src.ndim == 4 and len(src) > cfg.num_frames:
+            s0 = int(np.random.default_rng([seed, 1]).integers(0, len(src) - cfg.num_frames + 1))
+            src = src[s0:s0 + cfg.num_frames]
+        c = synthesize_shake(src, cfg, seed=seed)
+        item = (f"{label}#{k}", c.blurry, c.sharp, c.blur_extent.astype(np.float32))
+        if self.cache:
+            self._clips[k] = item
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = index % self.num_clips
+        name, blurry, sharp, extent = self.clip(k)
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        start = int(rng.integers(0, self.frames_per_clip - self.clip_len + 1))
+        sl = slice(start, start + self.clip_len)
+        blurry, sharp, extent = blurry[sl], sharp[sl], extent[sl]
+        top = left = 0
+        if self.crop:
+            h, w = blurry.shape[1:3]
+            top, left = int(rng.integers(0, h - self.crop[0] + 1)), int(rng.integers(0, w - self.crop[1] + 1))
+            blurry = blurry[:, top:top + self.crop[0], left:left + self.crop[1]]
+            sharp = sharp[:, top:top + self.crop[0], left:left + self.crop[1]]
+        return {"blurry": to_float_clip(blurry), "sharp": to_float_clip(sharp), "sequence": name, "start": start,
+                "top": top, "left": left, "blur_extent": torch.from_numpy(extent.copy()),
+                "clip_seed": self.clip_seed(k)}
