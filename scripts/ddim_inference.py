@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from vdiffdeblur.methods.diffusion import deblur_video_file, load_pipeline
+    from vdiffdeblur.methods.diffusion import check_job, deblur_video_file, load_pipeline
     from vdiffdeblur.video import VideoError
 
     args = build_parser().parse_args(argv)
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         t0 = time.perf_counter()
+        check_job(args.input, args.output)
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, cpu_offload=args.cpu_offload,
                              vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling)
         pipe.set_progress_bar_config(disable=True)

@@ -150,6 +150,13 @@ def make_stream(source, info: VideoInfo, options: dict) -> DiffusionFrameStream:
     )
 
 
+def check_job(source, output) -> VideoInfo:
+    """Fail fast, before loading any model: the input must be a readable video and not the output."""
+    if same_file(source, output):
+        raise ValueError(f"output {output} is the input: refusing to overwrite it")
+    return probe(source)
+
+
 def deblur_video_file(pipe, source, output, *, num_inference_steps: int = 50, guidance_scale: float | None = None,
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
                       tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
@@ -157,9 +164,7 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int = 50, gu
     """Deblur a video file / frame folder into `output` (video file, or a PNG folder for a path without suffix),
     streaming from the reader to the writer. The output has the input's frame count, size and fps; on error
     nothing is left under `output`."""
-    if same_file(source, output):
-        raise ValueError(f"output {output} is the input: refusing to overwrite it")
-    info = probe(source)
+    info = check_job(source, output)
     stream = DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         seed=seed, window_size=window_size, window_overlap=window_overlap, tile_size=tile_size,
