@@ -93,3 +93,21 @@ def test_average_subframes():
     assert torch.allclose(b2, sub[:7].mean(0))
     with pytest.raises(ValueError):
         average_subframes(sub, tau=10)
+
+
+@pytest.mark.parametrize("length,angle", [(0, 0), (6, 105), (15, 45)])
+def test_fit_linear_kernel_recovers_the_blur_and_ignores_brightness(length, angle):
+    from vdiffdeblur.blur import fit_linear_kernel
+    from vdiffdeblur.data.synthetic import load_photo
+
+    img = load_photo("coffee")[:200, :300]
+    blurred = apply_kernel(as_frames_tensor(img), linear_motion_kernel(length, angle))[0].permute(1, 2, 0).numpy()
+    sharp_lin = srgb_to_linear(img.astype(np.float32) / 255).mean(-1)
+    blur_lin = srgb_to_linear(blurred).mean(-1)
+    L, a, k = fit_linear_kernel(sharp_lin, blur_lin)
+    assert abs(L - length) <= 1.0
+    if length:
+        assert min(abs(a - angle), 180 - abs(a - angle)) <= 15
+    # a brighter, higher-contrast copy of the sharp frame is not mistaken for blur
+    L2, _, _ = fit_linear_kernel(np.clip(sharp_lin * 1.3 + 0.05, 0, 1), sharp_lin)
+    assert L2 <= 1.0

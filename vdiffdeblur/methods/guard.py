@@ -1,0 +1,133 @@
+"""Do-no-harm guard: decide, per frame and per region, how much of a method's change to keep.
+
+Every learned method measured here made some already-sharp frames worse, and users notice a ruined sharp
+frame more than a blurry frame left alone. The guard keeps ``x + beta * (y - x)`` of a method's output ``y``
+for input ``x``, with ``beta`` in [0, 1] from two independent pieces of evidence:
+
+* **Is the input frame blurry?** Its relative sharpness against its motion-aligned neighbours
+  (:func:`vdiffdeblur.sharpness.relative_sharpness`, solved over a window of +-radius frames): a frame as
+  sharp as the sharpest around it keeps its input. A frame in a blurry run longer than the window can
+  still be let through by the second test's blur estimate.
+* **Is the output consistent with the input?** The linear motion kernel that best re-blurs the output
+  into the input is fitted (length, angle; in linear light). Its length is a second blur estimate of the
+  frame, and where the re-blurred output does not match the input (invented texture, halos, colour
+  shifts) the change is dropped locally.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..blur import blur_image, fit_linear_kernel, srgb_to_linear
+from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
+
+
+@dataclass
+class GuardConfig:
+    radius: int = 6  # window (+- frames) over which relative sharpness is solved
+    offsets: tuple = (1, 2, 3)  # frame pairs measured for relative sharpness
+    sharp_margin: float = 0.12  # log-sharpness below the window's sharpest at which changes start to be kept
+    blur_full: float = 0.45  # ... and are fully kept
+    kernel_lengths: tuple = (0, 1, 2, 3, 4, 6, 8, 11, 15, 20, 26)  # px, searched when fitting the re-blur
+    kernel_angles: int = 12  # angles in [0, 180)
+    blur_len_min: float = 4.0  # fitted blur length from which the re-blur alone lets a change through
+    blur_len_full: float = 7.0  # (short fitted blurs are what over-sharpening looks like: not enough)
+    residual_tol: float = 0.035  # local re-blur mismatch (linear light) at which a change is dropped
+    residual_sigma: float = 3.0
+    fit_scale: float = 0.5  # the kernel is fitted at this scale, for speed
+
+
+def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: GuardConfig) -> tuple[np.ndarray, dict]:
+    """Per-pixel share (H, W) of the change ``y - x`` to keep, and the evidence behind it."""
+    x_lin = srgb_to_linear(x.astype(np.float32) / 255.0)
+    y_lin = srgb_to_linear(y.astype(np.float32) / 255.0)
+    xg, yg = x_lin.mean(-1), y_lin.mean(-1)
+    length, angle, k = fit_linear_kernel(yg, xg, cfg.kernel_lengths, cfg.kernel_angles, cfg.fit_scale)
+    beta_rel = np.clip((-rel_sharpness - cfg.sharp_margin) / (cfg.blur_full - cfg.sharp_margin), 0, 1)
+    beta_len = np.clip((length - cfg.blur_len_min) / (cfg.blur_len_full - cfg.blur_len_min), 0, 1)
+    beta = float(max(beta_rel, beta_len))
+    info = {"rel_sharpness": float(rel_sharpness), "blur_len": length, "angle": angle, "beta_frame": beta}
+    if beta == 0:
+        return np.zeros(x.shape[:2], np.float32), info
+    # local consistency: the output, re-blurred by the fitted kernel, must explain the input, at least as
+    # well as the input explains itself re-blurred (so the test is fair where the kernel is only approximate)
+    res_y = np.abs(blur_image(y_lin, k) - x_lin).mean(-1)
+    res_x = np.abs(blur_image(x_lin, k) - x_lin).mean(-1)
+    excess = cv2.GaussianBlur(np.maximum(res_y - res_x, 0), (0, 0), cfg.residual_sigma)
+    local = np.exp(-((excess / cfg.residual_tol) ** 2)).astype(np.float32)
+    info["local_mean"] = float(local.mean())
+    return beta * local, info
+
+
+class DoNoHarmGuard:
+    """Streaming guard over (input, output) pairs with ``radius`` frames of look-ahead."""
+
+    def __init__(self, config: GuardConfig | None = None):
+        self.cfg = config or GuardConfig()
+        self.frames: deque = deque()  # (index, x, y, grey x)
+        self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
+        self.n_in = self.n_out = 0
+        self.log: list[dict] = []
+
+    def _measure_new(self) -> None:
+        j, _, _, gj = self.frames[-1]
+        for i, _, _, gi in list(self.frames)[:-1]:
+            if j - i in self.cfg.offsets:
+                m = PairMeasure(gi, gj)
+                if m.overlap >= 0.05:
+                    self.pairs[(i, j)] = (m.log_ratio, m.overlap)
+
+    def _emit(self) -> np.ndarray:
+        t = self.n_out
+        idx = [f[0] for f in self.frames if abs(f[0] - t) <= self.cfg.radius]
+        lo = idx[0]
+        pairs = [(i - lo, j - lo, d, w) for (i, j), (d, w) in self.pairs.items() if i in idx and j in idx]
+        a = solve_log_sharpness(len(idx), pairs)
+        _, x, y, _ = next(f for f in self.frames if f[0] == t)
+        w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
+        out = x if not w.any() else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8)
+        info["kept"] = float(w.mean())
+        self.log.append(info)
+        self.n_out += 1
+        while self.frames and self.frames[0][0] < self.n_out - self.cfg.radius:  # no longer needed
+            old = self.frames.popleft()[0]
+            self.pairs = {k: v for k, v in self.pairs.items() if k[0] != old}
+        return out
+
+    def push(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+        if x.shape != y.shape:
+            raise ValueError(f"guard: output frame {self.n_in} has shape {y.shape}, input {x.shape}")
+        self.frames.append((self.n_in, x, y, gray_float(x)))
+        self._measure_new()
+        self.n_in += 1
+        ready = []
+        while self.n_out <= self.n_in - 1 - self.cfg.radius:
+            ready.append(self._emit())
+        return ready
+
+    def flush(self) -> list[np.ndarray]:
+        ready = []
+        while self.n_out < self.n_in:
+            ready.append(self._emit())
+        return ready
+
+
+class GuardStream(DoNoHarmGuard):
+    @classmethod
+    def from_options(cls, info, options: dict) -> "GuardStream":
+        return cls(GuardConfig())
+
+
+def guard(inputs: np.ndarray, outputs: np.ndarray, config: GuardConfig | None = None) -> np.ndarray:
+    """Frames in, frames out: keep only the changes of ``outputs`` that the evidence supports."""
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    if inputs.shape != outputs.shape or inputs.dtype != np.uint8 or outputs.dtype != np.uint8 or inputs.ndim != 4:
+        raise ValueError(f"guard needs uint8 (F, H, W, 3) inputs and outputs of one shape, got {inputs.shape} "
+                         f"{inputs.dtype} and {outputs.shape} {outputs.dtype}")
+    g = DoNoHarmGuard(config)
+    res = [o for x, y in zip(inputs, outputs) for o in g.push(x, y)] + g.flush()
+    return np.stack(res)

@@ -1,0 +1,154 @@
+"""Sharp-frame transfer: repair a blurry frame with the texture of sharper neighbours ("lucky frames",
+Matsushita et al. 2006, Cho et al. 2012, cited by both seed papers).
+
+For each frame, the neighbours within +-radius frames that look sharper are aligned onto it with DIS
+optical flow, estimated on low-passed copies so the difference in blur does not derail it. Each aligned
+neighbour gets a per-pixel weight: how much sharper it measurably is on the same content (see
+:class:`vdiffdeblur.sharpness.PairMeasure`), times the forward-backward consistency of the flow, times how
+well the neighbour, blurred by the frame's own motion kernel (fitted against it), reproduces the frame
+there. Blending happens in linear light. A frame with no sharper neighbour comes out
+unchanged, bit for bit. Streams with ``radius`` frames of look-ahead; memory holds 2 * radius + 1 frames.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..blur import blur_image, fit_linear_kernel, linear_to_srgb, srgb_to_linear
+from ..flow import consistency, inside_mask, robust_flow, warp
+from ..sharpness import PairMeasure, gradient_energy, gray_float
+
+
+@dataclass
+class TransferConfig:
+    radius: int = 5  # neighbours considered on each side
+    max_sources: int = 3  # aligned per frame, the sharpest-looking first
+    min_gain: float = 0.2  # log gradient-energy ratio below which a neighbour is not "sharper"
+    full_gain: float = 0.7  # ratio at which a neighbour is fully trusted
+    agree_tol: float = 0.03  # tolerated mismatch (linear light) of the re-blurred neighbour and the frame
+    agree_sigma: float = 2.0
+    flow_scale: float = 0.5
+    fit_scale: float = 0.5  # scale at which the frame's blur kernel is fitted
+    smooth_sigma: float = 1.5  # softens the blend map so no seams show
+
+    def __post_init__(self):
+        if self.radius < 1 or self.max_sources < 1:
+            raise ValueError(f"radius and max_sources must be >= 1, got {self.radius}, {self.max_sources}")
+        if not 0 <= self.min_gain < self.full_gain:
+            raise ValueError(f"need 0 <= min_gain < full_gain, got {self.min_gain}, {self.full_gain}")
+
+
+class _Frame:
+    """A frame with what every pairing needs, computed once."""
+
+    __slots__ = ("rgb", "gray", "score")
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = rgb
+        self.gray = gray_float(rgb)
+        self.score = float(gradient_energy(self.gray).mean())
+
+
+def _gray_lin(rgb01: np.ndarray) -> np.ndarray:
+    return srgb_to_linear(rgb01).mean(-1)
+
+
+def transfer_frame(target: _Frame, neighbours: list[_Frame], cfg: TransferConfig) -> tuple[np.ndarray, float]:
+    """The repaired target frame (uint8) and the mean blend weight used (0 = unchanged)."""
+    # the sharpest-looking neighbours first; only those that look sharper at all are aligned
+    cands = sorted((n for n in neighbours if n.score > target.score), key=lambda n: -n.score)[: cfg.max_sources]
+    found = []
+    for n in cands:
+        m = PairMeasure(target.gray, n.gray, cfg.flow_scale)
+        gain = (m.log_ratio - cfg.min_gain) / (cfg.full_gain - cfg.min_gain)
+        if gain > 0:
+            found.append((min(gain, 1.0), n, m))
+    if not found:
+        return target.rgb, 0.0
+    t_rgb = target.rgb.astype(np.float32) / 255.0
+    t_lin = srgb_to_linear(t_rgb)
+    # 1. The target's own blur kernel, fitted against the best neighbour aligned on low-passed copies.
+    g0, n0, m0 = max(found, key=lambda f: f[0])
+    rough = warp(n0.rgb.astype(np.float32) / 255.0, m0.flow_ts, cv2.INTER_LINEAR)
+    _, _, k = fit_linear_kernel(_gray_lin(rough), t_lin.mean(-1), scale=cfg.fit_scale)
+    warped, weights = [], []
+    for gain, n, _ in found:
+        # 2. Re-align each neighbour after blurring it like the target: same blur, so the flow is not
+        #    pulled by the blur's direction.
+        src = n.rgb.astype(np.float32) / 255.0
+        src_blur = linear_to_srgb(blur_image(srgb_to_linear(src), k))
+        sb = cv2.cvtColor(src_blur, cv2.COLOR_RGB2GRAY)
+        fwd = robust_flow(sb, target.gray, sigma=0.7, scale=1.0)
+        bwd = robust_flow(target.gray, sb, sigma=0.7, scale=1.0)
+        conf = consistency(fwd, bwd) * inside_mask(fwd, 1)
+        lin = srgb_to_linear(np.clip(warp(src, fwd, cv2.INTER_CUBIC), 0, 1))
+        # 3. Trust it where, blurred by the target's kernel, it reproduces the target.
+        res = cv2.GaussianBlur(np.abs(blur_image(lin, k) - t_lin).mean(-1), (0, 0), cfg.agree_sigma)
+        w = gain * conf * np.exp(-((res / cfg.agree_tol) ** 2))
+        if cfg.smooth_sigma > 0:
+            w = cv2.GaussianBlur(w, (0, 0), cfg.smooth_sigma)
+        warped.append(lin)
+        weights.append(w.astype(np.float32))
+    W = np.stack(weights)
+    alpha = W.max(0)
+    soft = W ** 4
+    soft /= soft.sum(0, keepdims=True) + 1e-12
+    mix = (soft[..., None] * np.stack(warped)).sum(0)
+    out = linear_to_srgb(t_lin + alpha[..., None] * (mix - t_lin))
+    return (np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8), float(alpha.mean())
+
+
+class SharpTransfer:
+    """Streaming sharp-frame transfer (FrameStream): output frame t is ready once frame t + radius is in."""
+
+    def __init__(self, config: TransferConfig | None = None):
+        self.cfg = config or TransferConfig()
+        self.buf: deque[_Frame] = deque(maxlen=2 * self.cfg.radius + 1)
+        self.n_in = 0  # frames received
+        self.n_out = 0  # frames emitted
+        self.weights: list[float] = []  # mean blend weight per emitted frame, for reporting
+
+    def _emit(self, t: int) -> np.ndarray:
+        first = self.n_in - len(self.buf)  # absolute index of buf[0]
+        target = self.buf[t - first]
+        neighbours = [f for i, f in enumerate(self.buf) if i + first != t and abs(i + first - t) <= self.cfg.radius]
+        out, w = transfer_frame(target, neighbours, self.cfg)
+        self.weights.append(w)
+        self.n_out += 1
+        return out
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self.buf and frame.shape != self.buf[-1].rgb.shape:
+            raise ValueError(f"frame {self.n_in} has shape {frame.shape}, earlier frames {self.buf[-1].rgb.shape}")
+        self.buf.append(_Frame(np.ascontiguousarray(frame)))
+        self.n_in += 1
+        ready = []
+        while self.n_out <= self.n_in - 1 - self.cfg.radius:
+            ready.append(self._emit(self.n_out))
+        return ready
+
+    def flush(self) -> list[np.ndarray]:
+        ready = []
+        while self.n_out < self.n_in:
+            ready.append(self._emit(self.n_out))
+        return ready
+
+
+def sharp_frame_transfer(frames: np.ndarray, config: TransferConfig | None = None) -> np.ndarray:
+    """Frames in, frames out: uint8 (F, H, W, 3) -> uint8 (F, H, W, 3). Usable after any method."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    s = SharpTransfer(config)
+    out = [o for f in frames for o in s.push(f)] + s.flush()
+    return np.stack(out)
+
+
+def make_stream(source, info, options: dict) -> SharpTransfer:
+    """The CLI's ``--method transfer`` / ``--transfer``."""
+    radius = options.get("transfer_radius") or TransferConfig.radius
+    return SharpTransfer(TransferConfig(radius=int(radius)))
