@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
@@ -448,6 +448,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------- call
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         video=None,
@@ -612,10 +613,8 @@ class DeblurVideoStream:
         self.callback, self.callback_inputs = callback_on_step_end, list(callback_on_step_end_tensor_inputs)
         self.progress_bar = progress_bar
         self.extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, eta)
-        if not hasattr(pipe, "_guidance_scale"):
-            pipe._guidance_scale = guidance_scale
-        if not hasattr(pipe, "_interrupt"):
-            pipe._interrupt = False
+        pipe._guidance_scale = guidance_scale
+        pipe._interrupt = False
         self.padded = (-(-height // m) * m, -(-width // m) * m)
         self.latent_size = (self.padded[0] // pipe.vae_scale_factor, self.padded[1] // pipe.vae_scale_factor)
         # per buffered frame: pixels (B, 3, 1, H, W) in [0, 1] (unpadded), blurry latents, initial noise

@@ -12,7 +12,7 @@ import torch
 
 from vdiffdeblur.cli import main as cli_main
 from vdiffdeblur.frames import to_uint8_frames
-from vdiffdeblur.methods.diffusion import resolve_device, resolve_dtype
+from vdiffdeblur.methods.diffusion import load_pipeline, measure_deblur_file, resolve_device, resolve_dtype
 from vdiffdeblur.pipelines import DeblurVideoPipeline
 from vdiffdeblur.video import probe, read_video, write_video
 
@@ -151,3 +151,15 @@ def test_device_and_dtype_resolution():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_measure_deblur_file_reports_time_and_memory(model_dir, blurry, tmp_path):
+    src, _ = blurry
+    pipe = load_pipeline(model_dir, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    r = measure_deblur_file(pipe, src, tmp_path / "o.mkv", num_inference_steps=1, window_size=4, window_overlap=1,
+                            repeat=2)
+    assert r["frames"] == 10 and r["size"] == "24x20"
+    assert 0 < r["cpu_seconds_per_frame"] and 0 < r["seconds_per_frame"] < r["seconds"]
+    assert r["rss_peak_mb"] >= r["rss_baseline_mb"] > 0
+    assert probe(tmp_path / "o.mkv").num_frames == 10

@@ -8,6 +8,7 @@ its overlap (see `DeblurVideoStream`), and frames go to the writer as soon as th
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..frames import to_uint8_frames
-from ..video import VideoInfo, VideoWriter, iter_frames, probe, same_file
+from ..video import VideoInfo, VideoWriter, iter_frames, probe, remove_path, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,10 @@ def load_pipeline(model, device: str | None = "auto", dtype: str | None = "auto"
                          "with scripts/convert_t2v_to_deblur.py or scripts/make_tiny_pipeline.py)")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    pipe = DeblurVideoPipeline.from_pretrained(str(model), torch_dtype=torch_dtype)
+    with warnings.catch_warnings():
+        # newer diffusers call it `dtype`; `torch_dtype` works in every supported version
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        pipe = DeblurVideoPipeline.from_pretrained(str(model), torch_dtype=torch_dtype)
     if cpu_offload and dev.type != "cpu":
         pipe.enable_model_cpu_offload(device=dev)
     else:
@@ -185,3 +189,83 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int = 50, gu
         if n != info.num_frames:
             raise RuntimeError(f"diffusion produced {n} frames for {info.num_frames} input frames")
     return info
+
+
+# --------------------------------------------------------------------------------------- measuring
+def current_rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident memory every `interval` s in a thread: `.peak` bytes."""
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak = current_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
+
+
+def measure_deblur_file(pipe, source, output, warmup_source=None, repeat: int = 1, **kwargs) -> dict:
+    """Run `deblur_video_file` `repeat` times and report frames, wall and CPU (process) seconds per frame (the
+    fastest run: the steadiest figure on a shared machine), resident memory (after loading; peak over the runs)
+    and, on CUDA, peak allocated GPU memory. `warmup_source` (a short clip) is deblurred first, untimed, so
+    one-off initialisation does not count."""
+    import time
+
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    kwargs.setdefault("quiet", True)
+    if warmup_source is not None:
+        warm_out = Path(output).with_name(f".warmup-{Path(output).name}")
+        deblur_video_file(pipe, warmup_source, warm_out, **kwargs)
+        remove_path(warm_out)
+    cuda = pipe._execution_device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    baseline = current_rss_bytes()
+    seconds = cpu_seconds = float("inf")
+    with PeakRSS() as peak:
+        for _ in range(repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            info = deblur_video_file(pipe, source, output, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = min(seconds, time.perf_counter() - t0)
+            cpu_seconds = min(cpu_seconds, time.process_time() - c0)
+    result = {
+        "frames": info.num_frames, "size": f"{info.width}x{info.height}", "seconds": seconds,
+        "seconds_per_frame": seconds / info.num_frames, "cpu_seconds_per_frame": cpu_seconds / info.num_frames,
+        "rss_baseline_mb": baseline / 2**20,
+        "rss_peak_mb": peak.peak / 2**20, "rss_increase_mb": (peak.peak - baseline) / 2**20,
+    }
+    if cuda:
+        result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
