@@ -15,7 +15,7 @@ def test_side_by_side_and_comparison_shapes(natural_clip):
     a, b = natural_clip[:3], natural_clip[3:6]
     sbs = side_by_side([a, b, a], ["x", "y", "z"], gap=3)
     assert sbs.shape == (3, 120, 3 * 160 + 2 * 3, 3)
-    assert side_by_side([a[:, :, :33]] * 2, gap=4).shape[2] == 33 * 2 + 4 + 1  # padded to an even width
+    assert side_by_side([a[:, :, :33]] * 2, gap=3).shape[2] == 33 * 2 + 3 + 1  # padded to an even width
     np.testing.assert_array_equal(sbs[:, 30:, 163 + 40:163 + 160], b[:, 30:, 40:])  # clip 2 away from its label
     img = comparison_image([a[0], b[0]], ["a", "b"], crop=32, zoom=2)
     assert img.shape[0] == 120 + 4 + 64 and img.dtype == np.uint8
