@@ -10,7 +10,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .tiny import TINY_T2V_UNET_CONFIG, TINY_UNET_CONFIG  # noqa: F401  (tiny configs live with the others)
+from .tiny import TINY_T2V_UNET_CONFIG, TINY_UNET_CONFIG  # the tiny configs live with the others, in tiny.py
+
+__all__ = [
+    "widen_conv_in", "conv_in_new_channel_mask", "enable_unet_gradient_checkpointing",
+    "disable_unet_gradient_checkpointing", "is_unet_gradient_checkpointing", "checkpointed_blocks",
+    "TINY_T2V_UNET_CONFIG", "TINY_UNET_CONFIG",
+]
 
 logger = logging.getLogger(__name__)
 
