@@ -108,3 +108,27 @@ def test_guard_cuts_harm_of_an_over_sharpening_method():
     assert before.frames_worse() >= 5  # the stand-in really does harm
     assert after.frames_worse() <= 0.05 * 30
     assert after.gain("hard") >= 0.9 * before.gain("hard")
+
+
+def test_cli_transfer_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    from vdiffdeblur.video import read_video
+
+    clip = tmp_path / "clip"
+    cli = [sys.executable, "-m", "vdiffdeblur.cli"]
+    assert subprocess.run(cli + ["synth", "builtin:motorcycle", "-o", str(clip), "--frames", "16", "--size", "128x96",
+                                 "--seed", "1"], capture_output=True).returncode == 0
+    outs = {}
+    for flag in ([], ["--no-guard"]):
+        out = tmp_path / f"t{len(flag)}.mkv"
+        r = subprocess.run(cli + ["deblur", str(clip / "blur.mkv"), "-o", str(out), "--method", "transfer", "--lossless",
+                                  *flag], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs[bool(flag)] = read_video(out).frames
+    sharp, blurry = read_video(clip / "sharp").frames, read_video(clip / "blur.mkv").frames
+    for frames in outs.values():
+        s = score(frames, sharp, blurry=blurry, with_ewarp=False)
+        assert frames.shape == blurry.shape
+        assert s.gain("hard") > 0.5 and s.frames_worse() == 0
