@@ -1,0 +1,31 @@
+"""The command line of `training/stage1.py` and `training/stage2.py`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv=None, stage: int = 1) -> int:
+    from .config import parse_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_config(argv, stage=stage)
+    except (FileNotFoundError, TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .loop import train
+
+    try:
+        result = train(cfg)
+    except (FileNotFoundError, ValueError) as e:  # user errors: missing folders, bad options, incompatible models
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result:
+        print(f"stage {stage} done: validation loss {result.get('diffusion', float('nan')):.4f}, "
+              f"PSNR {result.get('psnr', float('nan')):.2f} dB (input {result.get('input_psnr', float('nan')):.2f}), "
+              f"SSIM {result.get('ssim', float('nan')):.4f}; pipeline in {cfg.output_dir}")
+    else:
+        print(f"stage {stage} done; pipeline in {cfg.output_dir}")
+    return 0

@@ -1,0 +1,232 @@
+"""Options of the two-stage diffusion training, from a YAML file and the command line.
+
+A YAML config holds options shared by both stages at the top level, and per-stage overrides under
+``stage1:`` / ``stage2:``; command-line options (``--name value``) override both. Unknown keys are an error
+naming them, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS
+
+#: the stage-dependent defaults (None in the dataclass means "take the stage's value")
+STAGE_DEFAULTS = {
+    1: {"coherence_weight": 0.0, "output_dir": "deblur-stage1"},
+    2: {"coherence_weight": 0.1, "output_dir": "deblur-stage2"},
+}
+_TUPLE_FIELDS = ("photos", "validation_photos")
+_OPTIONAL_INT = ("checkpoints_total_limit",)
+_OPTIONAL_STR = ("pretrained", "teacher_encoder", "resume_from_checkpoint", "report_to", "mixed_precision",
+                 "output_dir", "validation_data")
+_OPTIONAL_FLOAT = ("coherence_weight",)
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """Every option of `training/stage1.py` and `training/stage2.py` (docs/training.md lists them)."""
+
+    stage: int = 1
+    # ---- model
+    pretrained: str | None = None  # a DeblurVideoPipeline folder, or "tiny" (a tiny random one, for CPU tests)
+    tiny_seed: int = 0
+    tiny_prediction_type: str = "epsilon"
+    teacher_encoder: str | None = None  # image encoder 1; default: a frozen copy of the starting blur encoder
+    output_dir: str | None = None  # default deblur-stage<N>
+    seed: int = 0
+    # ---- training data: "synthetic" (camera shake from TRAIN_PHOTOS) or a PairedVideoDataset folder
+    train_data: str = "synthetic"
+    layout: str = "auto"
+    photos: tuple = TRAIN_PHOTOS
+    num_clips: int = 256
+    samples_per_clip: int = 1  # items per synthetic clip (or paired sequence) per epoch
+    frames_per_clip: int = 24
+    still_fraction: float = 0.1
+    synth_width: int = 320
+    synth_height: int = 288
+    clip_len: int = 16
+    crop: int = 256
+    # ---- objective
+    train_conv_in: bool = True  # stage 1: train conv_in's new input channels too
+    condition_dropout: float = 0.1
+    coherence_weight: float | None = None  # lambda; default 0 in stage 1, 0.1 in stage 2
+    coherence_reduction: str = "sum_frames"
+    alignment_weight: float = 0.0
+    alignment_loss: str = "cosine"
+    # ---- optimisation
+    train_batch_size: int = 1
+    max_train_steps: int = 10000
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None  # no | fp16 | bf16; None: what `accelerate launch` / its config says
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    allow_tf32: bool = False
+    dataloader_num_workers: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0: torch's default (1 is fastest on a shared CPU)
+    # ---- validation: held-out clips (EVAL_PHOTOS) through the pipeline
+    validation_data: str | None = "synthetic"  # "synthetic", a PairedVideoDataset folder, or None (no validation)
+    validation_photos: tuple = EVAL_PHOTOS
+    num_validation_clips: int = 2
+    validation_frames: int = 16
+    validation_size: int = 256
+    validation_steps: int = 500
+    validation_at_start: bool = False  # also validate before the first step (a baseline for the curve)
+    validation_inference_steps: int = 50
+    validation_guidance_scale: float = 3.0
+    validation_loss_draws: int = 4  # fixed (timestep, noise) draws per clip for the validation loss
+    # ---- bookkeeping
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    logging_dir: str = "logs"
+    report_to: str | None = "auto"  # tensorboard | wandb | ... | None; auto: tensorboard when installed
+    tracker_project_name: str = "vdiffdeblur-diffusion"
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        for key, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.photos, self.validation_photos = tuple(self.photos), tuple(self.validation_photos)
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.tiny_prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"tiny_prediction_type must be epsilon or v_prediction, got {self.tiny_prediction_type!r}")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if self.coherence_reduction not in ("sum_frames", "mean", "sum"):
+            raise ValueError(f"coherence_reduction must be sum_frames, mean or sum, got {self.coherence_reduction!r}")
+        if self.alignment_loss not in ("cosine", "mse"):
+            raise ValueError(f"alignment_loss must be cosine or mse, got {self.alignment_loss!r}")
+        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "clip_len",
+                     "num_clips", "samples_per_clip", "validation_inference_steps", "validation_frames", "validation_loss_draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.coherence_weight < 0 or self.alignment_weight < 0:
+            raise ValueError("coherence_weight and alignment_weight must be >= 0")
+        if self.train_data == "synthetic":
+            bad = sorted({str(p).removeprefix("builtin:") for p in self.photos} & set(EVAL_PHOTOS))
+            if bad:
+                raise ValueError(f"photos {', '.join(bad)} are kept for evaluation (EVAL_PHOTOS); do not train on them")
+            if self.crop and (self.crop > self.synth_width or self.crop > self.synth_height):
+                raise ValueError(f"crop {self.crop} is larger than the synthetic frames "
+                                 f"{self.synth_width}x{self.synth_height}")
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "DiffusionTrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in _TUPLE_FIELDS:
+            d[k] = list(d[k])
+        return d
+
+
+# ------------------------------------------------------------------------------------------- YAML + CLI
+def read_yaml_options(path, stage: int) -> dict:
+    """The options a YAML config gives `stage`: its top-level keys, then its ``stage<N>:`` section on top."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    options = {k: v for k, v in data.items() if k not in ("stage1", "stage2")}
+    section = data.get(f"stage{stage}") or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: stage{stage} must be a mapping of options")
+    options.update(section)
+    if "stage" in options and options["stage"] != stage:
+        raise ValueError(f"{path} says stage {options['stage']} but this is the stage-{stage} script")
+    options.pop("stage", None)
+    return options
+
+
+def _bool(text: str) -> bool:
+    v = str(text).lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if str(text).lower() in ("none", "null", "") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def build_parser(stage: int) -> argparse.ArgumentParser:
+    """Command-line options: ``--config FILE`` plus one ``--name`` per config field (default: the YAML's, then
+    the dataclass's); booleans as ``--use_ema true``, ``--gradient_checkpointing`` alone meaning true."""
+    p = argparse.ArgumentParser(
+        description=f"Stage {stage} of the diffusion deblurrer's training "
+                    f"({'blur encoder + conv_in new channels' if stage == 1 else 'UNet + blur encoder'}).")
+    p.add_argument("--config", help="YAML file of options (top level + a stage1:/stage2: section)")
+    for f in fields(DiffusionTrainConfig):
+        if f.name == "stage":
+            continue
+        default = f.default if f.default is not MISSING else None
+        if f.name in _TUPLE_FIELDS:
+            p.add_argument(f"--{f.name}", nargs="+", default=None, help=f"(default {' '.join(default)})")
+            continue
+        if isinstance(default, bool):
+            p.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, default=None, help=f"(default {default})")
+            continue
+        if f.name in _OPTIONAL_INT:
+            kind = _optional(int)
+        elif f.name in _OPTIONAL_FLOAT:
+            kind = _optional(float)
+        elif f.name in _OPTIONAL_STR:
+            kind = _optional(str)
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+        p.add_argument(f"--{f.name}", type=kind, default=None, help=f"(default {default!r})")
+    return p
+
+
+def parse_config(argv=None, stage: int = 1) -> DiffusionTrainConfig:
+    """The config of a stage script: YAML (``--config``) then command-line options on top."""
+    args = build_parser(stage).parse_args(argv)
+    options = read_yaml_options(args.config, stage) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    # `--name none` on the command line clears an optional option the YAML set
+    for k in _OPTIONAL_INT + _OPTIONAL_STR + _OPTIONAL_FLOAT:
+        if argv_sets(argv, k) and getattr(args, k) is None:
+            given[k] = None
+    options.update(given)
+    return DiffusionTrainConfig.from_dict({**options, "stage": stage})
+
+
+def argv_sets(argv, name: str) -> bool:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
