@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vdiffdeblur.profiling import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (kind, method or baseline, guard)
 METHODS = {
@@ -37,15 +39,6 @@ METHODS = {
     "fit+guard": ("method", "fit", True),
     "diffusion+guard": ("method", "diffusion", True),
 }
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(name: str, clip_dirs: list[str]) -> dict:

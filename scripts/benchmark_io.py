@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from vdiffdeblur.profiling import peak_rss_mb
 
 
 def make_source(path: Path, frames: int, w: int, h: int) -> None:
@@ -31,15 +32,6 @@ def make_source(path: Path, frames: int, w: int, h: int) -> None:
         for i in range(frames):
             x, y = int(100 + 80 * np.sin(i / 37)), int(100 + 80 * np.cos(i / 53))
             wr.write(photo[y:y + h, x:x + w])
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Unlike ru_maxrss it is not inherited from the parent
-    across fork + exec, so the parent's source-making does not count."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def stream(src: str, dst: str, window: int, overlap: int) -> dict:

@@ -36,3 +36,11 @@ def test_benchmark_writes_its_report(tmp_path):
     assert rows["blurry"]["gain_all"] == 0 and rows["transfer"]["frames"] == 6
     assert "dtb" in rows or "dtb" in data["missing"]  # measured when its model ships, else listed as missing
     assert (tmp_path / "benchmark_gain_vs_blur.png").is_file()
+
+
+def test_peak_rss_is_this_process_and_grows_with_allocation():
+    code = ("from vdiffdeblur.profiling import peak_rss_mb; import numpy as np; a = peak_rss_mb(); "
+            "b = np.ones(200 * 2**20, np.uint8); print(a, peak_rss_mb())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(float, r.stdout.split())
+    assert before < 200 and after >= before + 190  # a fresh process's own peak, not its parent's
