@@ -173,6 +173,61 @@ def test_coherence_weight_changes_the_loss_on_a_moving_clip():
     torch.testing.assert_close(l1["loss"] - l0["loss"], 0.1 * l1["coherence"])
 
 
+def test_training_scheduler_keeps_the_base_parameterisation():
+    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.trainer.components import training_scheduler
+
+    for kind in ("epsilon", "v_prediction"):
+        ddim = tiny_components(seed=0, prediction_type=kind)["scheduler"]
+        train_sched = training_scheduler(ddim)
+        assert train_sched.config.prediction_type == kind and train_sched.config.num_train_timesteps == 1000
+        torch.testing.assert_close(train_sched.alphas_cumprod, ddim.alphas_cumprod)
+    assert train_sched.alphas_cumprod[-1] < 1e-6  # v: zero terminal SNR carried over
+
+
+def test_alignment_loss_pulls_encoder2_on_blurry_towards_teacher_on_sharp():
+    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.trainer.components import DeblurTrainModel, load_teacher, training_scheduler
+    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
+
+    c = tiny_components(seed=0)
+    cfg = DiffusionTrainConfig(pretrained="tiny", alignment_weight=0.5)
+    teacher = load_teacher(cfg, c["blur_encoder"])  # default: a frozen copy of the starting encoder
+    assert not any(p.requires_grad for p in teacher.parameters())
+    model = DeblurTrainModel(c["unet"], c["blur_encoder"])
+    sharp = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurry = sharp.mean(dim=2, keepdim=True).expand_as(sharp).contiguous()
+    w = LossWeights(alignment=0.5)
+    out = compute_losses(model, c["vae"], training_scheduler(c["scheduler"]), blurry, sharp, w,
+                         torch.Generator().manual_seed(0), teacher=teacher)
+    assert out["alignment"] > 0
+    torch.testing.assert_close(out["loss"], out["diffusion"] + 0.5 * out["alignment"])
+    out["alignment"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert c["blur_encoder"].clip.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    same = compute_losses(model, c["vae"], training_scheduler(c["scheduler"]), sharp, sharp, w,
+                          torch.Generator().manual_seed(0), teacher=teacher)
+    assert same["alignment"].abs() < 1e-5  # the same frame through the same weights
+    with pytest.raises(ValueError, match="teacher"):
+        compute_losses(model, c["vae"], training_scheduler(c["scheduler"]), sharp, sharp, w,
+                       torch.Generator().manual_seed(0))
+
+
+def test_report_to_auto_and_missing_tensorboard(monkeypatch):
+    import importlib.util
+
+    from vdiffdeblur.trainer.loop import resolve_report_to
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    assert resolve_report_to("auto") is None and resolve_report_to(None) is None
+    with pytest.raises(ValueError, match="tensorboard is not installed"):
+        resolve_report_to("tensorboard")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert resolve_report_to("auto") == "tensorboard"
+
+
 # ============================================================================ two processes on the CPU
 AUDIT = textwrap.dedent('''
     # Installed as sitecustomize in the 2-process test: on every rank but 0, record any write under WATCH.

@@ -62,6 +62,14 @@ def load_teacher(cfg: DiffusionTrainConfig, blur_encoder):
     return teacher.requires_grad_(False).eval()
 
 
+def training_scheduler(pipeline_scheduler):
+    """The noise scheduler of training: a `DDPMScheduler` with the pipeline scheduler's noise schedule and
+    prediction type (T = 1000 steps, zero terminal SNR when the base uses it), as diffusers' examples use."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipeline_scheduler.config)
+
+
 # --------------------------------------------------------------------------------------- trainable parameters
 def base_latent_channels(unet) -> int:
     """conv_in's pretrained input channels (the noisy latents); the rest were added for the blurry latents."""

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .card import model_card
 from .checkpoints import EMAState, checkpoint_step, prune_checkpoints, register_hooks, resolve_resume
 from .components import (DeblurTrainModel, base_latent_channels, cast_frozen, configure_trainable,
-                         enable_gradient_checkpointing, load_base_pipeline, load_teacher)
+                         enable_gradient_checkpointing, load_base_pipeline, load_teacher, training_scheduler)
 from .config import DiffusionTrainConfig
 from .data import build_train_dataset, collate, validation_clips
 from .objective import LossWeights, compute_losses, step_seed, to_diffusers_layout
@@ -70,7 +70,6 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.logging import get_logger
     from accelerate.utils import ProjectConfiguration, gather_object, set_seed
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
     if cfg.num_threads > 0:
@@ -94,7 +93,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     base = load_base_pipeline(cfg)
     vae, unet, blur_encoder = base.vae, base.unet, base.blur_encoder
     scheduler_config = dict(base.scheduler.config)
-    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    noise_scheduler = training_scheduler(base.scheduler)
     spatial_multiple = base.spatial_multiple
     teacher = load_teacher(cfg, blur_encoder) if cfg.alignment_weight > 0 else None
     groups = configure_trainable(cfg.stage, vae, unet, blur_encoder, train_conv_in=cfg.train_conv_in)
