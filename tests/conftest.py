@@ -21,3 +21,14 @@ def shake_clip():
     from vdiffdeblur.data.synthetic import ShakeConfig, synthesize_shake
 
     return synthesize_shake("builtin:coffee", ShakeConfig(num_frames=24, width=160, height=120), seed=3)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models on a loaded 2-core machine run far faster single-threaded."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

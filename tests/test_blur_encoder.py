@@ -21,12 +21,7 @@ from vdiffdeblur.models.blur_encoder import (
 from vdiffdeblur.models.tiny import TINY_CLIP_VISION_CONFIG
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_encoder(seed=0, **kw) -> BlurImageEncoder:

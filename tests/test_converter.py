@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,23 +20,13 @@ from vdiffdeblur.models.tiny import (
     TINY_VAE_CONFIG,
 )
 from vdiffdeblur.pipelines import DeblurVideoPipeline
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import load_script
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 
 
 def tiny_tokenizer(folder: Path) -> CLIPTokenizer:

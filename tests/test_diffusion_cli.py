@@ -3,8 +3,6 @@ scripts/ddim_inference.py, end to end with a tiny pipeline folder; user errors e
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,23 +13,13 @@ from vdiffdeblur.frames import to_uint8_frames
 from vdiffdeblur.methods.diffusion import load_pipeline, measure_deblur_file, resolve_device, resolve_dtype
 from vdiffdeblur.pipelines import DeblurVideoPipeline
 from vdiffdeblur.video import probe, read_video, write_video
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import load_script
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 
 
 @pytest.fixture(scope="module")

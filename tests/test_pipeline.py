@@ -22,16 +22,10 @@ from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput
 from vdiffdeblur.pipelines.pipeline_deblur_video import num_windows, tile_starts
 from vdiffdeblur.video import Video, VideoInfo
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread avoids OpenMP contention (10x faster here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from vdiffdeblur.models.unet import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t2v_unet(seed=0) -> UNet3DConditionModel:
