@@ -142,6 +142,19 @@ def test_streaming_equals_whole_clip_exactly(variant, m, t, size):
     assert torch.equal(torch.stack(outs), whole.clamp(0, 1))
 
 
+def test_streaming_equals_whole_clip_with_encoder_skip():
+    net = _net("strcnn_dtb", encoder_skip=True)
+    clip = _clip(5, 14, 18)
+    stream = OnlineDeblurrer(net, precision="float32")  # (makes the model channels_last, like the whole run)
+    with torch.no_grad():
+        whole = net(clip)
+        no_skip = DTBNet(**{**net.config, "encoder_skip": False}).eval()
+        no_skip.load_state_dict(net.state_dict())
+        assert (no_skip(clip) - whole).abs().max() > 1e-4  # the skip is used
+    outs = [o for f in clip if (o := stream.push(f)) is not None] + stream.flush()
+    assert torch.equal(torch.stack(outs), whole.clamp(0, 1))
+
+
 def test_streaming_equals_whole_clip_in_bfloat16():
     net = _net("strcnn_dtb")
     clip = _clip(6, 18, 22)
@@ -254,13 +267,15 @@ def test_training_writes_model_and_resume_is_exact(tmp_path):
 
     from vdiffdeblur.methods.dtb_train import train
 
-    train(_tiny_train_cfg(tmp_path / "straight"))
+    # the last 2 of 4 steps are the log-MSE phase: the resumed run restarts at the switch, as the straight one did
+    ft = dict(finetune_steps=2, finetune_learning_rate=5e-4)
+    train(_tiny_train_cfg(tmp_path / "straight", **ft))
     assert (tmp_path / "straight" / "config.json").is_file()
     assert [p.name for p in (tmp_path / "straight").glob("checkpoint-*")] == ["checkpoint-4"]  # limit 1
     log = json.loads((tmp_path / "straight" / "training_log.json").read_text())
     assert log[-1]["step"] == 4
-    train(_tiny_train_cfg(tmp_path / "resumed", max_train_steps=2))
-    train(_tiny_train_cfg(tmp_path / "resumed", resume_from_checkpoint="latest"))
+    train(_tiny_train_cfg(tmp_path / "resumed", max_train_steps=2, finetune_steps=0))
+    train(_tiny_train_cfg(tmp_path / "resumed", resume_from_checkpoint="latest", **ft))
     a = load_file(str(tmp_path / "straight" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys()
@@ -307,3 +322,42 @@ def test_train_script_parses_config(tmp_path):
     assert mod.main(["--config", str(cfg_file)]) == 2  # unknown option: a clear error, no training
     args = mod.build_parser().parse_args(["--residual", "false", "--checkpoints_total_limit", "none"])
     assert args.residual is False and args.checkpoints_total_limit is None
+
+
+# ------------------------------------------------------------------------------------- shipped checkpoint quality
+CNN_CHECKPOINT = DEFAULT_CHECKPOINT / "cnn"  # the CNN variant trained the same way, kept for the comparison
+
+
+def _coffee_row(path=None):
+    from vdiffdeblur.methods.dtb_train import evaluate_shake
+
+    return evaluate_shake(load_dtb_model(path), photos=("coffee",), seeds=(0,))[0]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 6 asks for >= +1.5 dB on the blurriest third; the shipped checkpoint "
+                   "(width 32, ~39 min of training on one shared CPU core) reaches +0.66 dB: see docs/dtb.md")
+def test_shipped_checkpoint_meets_the_issue_bar():
+    r = _coffee_row()
+    assert r["gain_hard"] >= 1.5 and r["worst_loss"] <= 0.5
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_helps_and_does_no_harm_on_an_evaluation_photo():
+    """builtin:coffee (never trained on), 40 frames, streamed as the CLI runs it, network alone (no guard)."""
+    r = _coffee_row()
+    assert r["gain_hard"] >= 0.5, r
+    assert r["gain_all"] > 0.2, r
+    assert r["worst_loss"] <= 0.5, r  # no frame made worse by more than 0.5 dB
+
+
+@pytest.mark.slow
+def test_strcnn_dtb_beats_the_cnn_variant_trained_the_same_way():
+    from vdiffdeblur.methods.dtb_train import evaluate_shake
+    from vdiffdeblur.data import EVAL_PHOTOS
+
+    dtb = evaluate_shake(load_dtb_model(), photos=EVAL_PHOTOS, seeds=(0,))
+    cnn = evaluate_shake(load_dtb_model(CNN_CHECKPOINT), photos=EVAL_PHOTOS, seeds=(0,))
+    assert load_dtb_model(CNN_CHECKPOINT).config.variant == "cnn"
+    for key in ("gain_hard", "gain_all"):
+        assert np.mean([r[key] for r in dtb]) > np.mean([r[key] for r in cnn]), key

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--photos", nargs="+", default=None, help="training photos (built-in names or paths)")
             continue
         kind = {bool: _bool, int: int, float: float}.get(type(default), str)
-        if default is None or f.name in ("checkpoints_total_limit", "report_to", "resume_from_checkpoint"):
+        if default is None or f.name in ("checkpoints_total_limit", "report_to", "resume_from_checkpoint", "init_from"):
             kind = _optional(int if f.name == "checkpoints_total_limit" else str)
         p.add_argument(f"--{f.name}", type=kind, default=None, help=f"(default {default!r})")
     return p

@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,9 @@ class DTBTrainConfig:
     num_res_blocks: int = 4
     num_neighbors: int = 1
     residual: bool = True
+    encoder_skip: bool = False
+    linear_light: bool = False
+    init_from: str | None = None  # start from this DTBNet folder (fine-tuning) instead of a fresh network
     # data: "synthetic" (built-in training photos) or a PairedVideoDataset folder
     train_data: str = "synthetic"
     layout: str = "auto"
@@ -70,6 +72,16 @@ class DTBTrainConfig:
     # blurred one (plain MSE hardly notices sharp frames, and the network learns to smear them)
     loss: str = "mse"
     loss_eps: float = 1e-5
+    # do-no-harm term added to either loss: harm_weight * mean over frames of
+    # relu(MSE(out, sharp) - MSE(blurry, sharp)) / (MSE(blurry, sharp) + loss_eps): zero while a frame gets
+    # better, the relative loss of a frame made worse otherwise (0 turns it off: the paper's objective)
+    harm_weight: float = 0.0
+    # an optional last phase: the final `finetune_steps` of the `max_train_steps` use `finetune_loss` and
+    # `finetune_learning_rate`, with Adam's moments restarted at the switch (the two losses differ in scale).
+    # MSE first learns to deblur; a short log-MSE phase then teaches the network to leave sharp frames alone
+    finetune_steps: int = 0
+    finetune_loss: str = "log_mse"
+    finetune_learning_rate: float = 2e-4
     # optimisation
     train_batch_size: int = 8
     max_train_steps: int = 1000
@@ -103,8 +115,11 @@ class DTBTrainConfig:
 
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
-        if self.loss not in ("mse", "log_mse"):
-            raise ValueError(f"unknown loss {self.loss!r}; choose mse or log_mse")
+        for name in ("loss", "finetune_loss"):
+            if getattr(self, name) not in ("mse", "log_mse"):
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose mse or log_mse")
+        if not 0 <= self.finetune_steps <= self.max_train_steps:
+            raise ValueError(f"finetune_steps must be in [0, max_train_steps], got {self.finetune_steps}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.max_train_steps < 1 or self.train_batch_size < 1 or self.clip_len < 1:
@@ -123,7 +138,8 @@ class DTBTrainConfig:
 
     def model_kwargs(self) -> dict:
         return dict(variant=self.variant, channels=self.channels, feature_channels=self.feature_channels,
-                    num_res_blocks=self.num_res_blocks, num_neighbors=self.num_neighbors, residual=self.residual)
+                    num_res_blocks=self.num_res_blocks, num_neighbors=self.num_neighbors, residual=self.residual,
+                    encoder_skip=self.encoder_skip, linear_light=self.linear_light)
 
 
 # --------------------------------------------------------------------------------------- pieces
@@ -179,15 +195,23 @@ def evaluate_clips(model: DTBNet, clips, precision: str = "float32") -> dict:
             "worst_loss": float(np.max(worst))}
 
 
-def frame_loss(out: torch.Tensor, sharp: torch.Tensor, kind: str = "mse", eps: float = 1e-5):
-    """(plain MSE for logging, the training loss) for clips (B, T, 3, H, W)."""
+def frame_loss(out: torch.Tensor, sharp: torch.Tensor, kind: str = "mse", eps: float = 1e-5,
+               blurry: torch.Tensor | None = None, harm_weight: float = 0.0):
+    """(plain MSE for logging, the training loss) for clips (B, T, 3, H, W); see DTBTrainConfig.loss."""
     per_frame = (out.float() - sharp.float()).pow(2).flatten(2).mean(2)  # (B, T)
     mse = per_frame.mean()
     if kind == "mse":
-        return mse, mse
-    if kind == "log_mse":
-        return mse, torch.log(per_frame + eps).mean()
-    raise ValueError(f"unknown loss {kind!r}; choose mse or log_mse")
+        loss = mse
+    elif kind == "log_mse":
+        loss = torch.log(per_frame + eps).mean()
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose mse or log_mse")
+    if harm_weight > 0:
+        if blurry is None:
+            raise ValueError("the do-no-harm term needs the blurry input")
+        before = (blurry.float() - sharp.float()).pow(2).flatten(2).mean(2)
+        loss = loss + harm_weight * (F.relu(per_frame - before) / (before + eps)).mean()
+    return mse, loss
 
 
 def weight_norm_sq(model: torch.nn.Module) -> torch.Tensor:
@@ -221,7 +245,12 @@ def train(cfg: DTBTrainConfig) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    model = DTBNet(**cfg.model_kwargs())
+    if cfg.init_from:
+        model = DTBNet.from_pretrained(cfg.init_from, use_safetensors=True)
+        if model.config.variant != cfg.variant:
+            raise ValueError(f"{cfg.init_from} holds a {model.config.variant} model, not {cfg.variant}")
+    else:
+        model = DTBNet(**cfg.model_kwargs())
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # decay the convolution weights only (not biases, not beta)
@@ -234,7 +263,16 @@ def train(cfg: DTBTrainConfig) -> dict:
     # staircase exponential decay: lr * rate ** floor(step / decay_steps); Accelerate steps a prepared
     # scheduler once per process at every optimisation step (as in diffusers' examples), hence the factor
     decay_every = max(1, cfg.lr_decay_steps) * accelerator.num_processes
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.lr_decay_rate ** (s // decay_every))
+    switch_step = cfg.max_train_steps - cfg.finetune_steps if cfg.finetune_steps else None
+    ft_ratio = cfg.finetune_learning_rate / cfg.learning_rate
+
+    def lr_factor(s: int) -> float:
+        f = cfg.lr_decay_rate ** (s // decay_every)
+        if switch_step is not None and s >= switch_step * accelerator.num_processes:
+            f *= ft_ratio
+        return f
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     total_samples = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     dataset = build_train_dataset(cfg, total_samples)
@@ -261,6 +299,10 @@ def train(cfg: DTBTrainConfig) -> dict:
             accelerator.print(f"resuming from {path}")
             accelerator.load_state(str(path))
             global_step = int(path.name.split("-")[-1])
+            # the learning rate follows this run's schedule (max_train_steps or finetune_steps may have changed)
+            sched = getattr(scheduler, "scheduler", scheduler)
+            for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(sched.last_epoch)
     skip = global_step * cfg.gradient_accumulation_steps
     active_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
 
@@ -271,14 +313,22 @@ def train(cfg: DTBTrainConfig) -> dict:
                     disable=not accelerator.is_local_main_process)
     t0 = time.perf_counter()
     model.train()
-    running = []
+    running, running_in = [], []
+    restarted = False
     for batch in active_loader:
         if global_step >= cfg.max_train_steps:
             break
+        finetuning = switch_step is not None and global_step >= switch_step
+        if finetuning and global_step == switch_step and not restarted:
+            _restart_adam(optimizer)
+            restarted = True
+            logger.info("step %d: switching to the %s loss at lr %g", global_step, cfg.finetune_loss,
+                        cfg.finetune_learning_rate)
         with accelerator.accumulate(model):
             blurry, sharp = batch["blurry"], batch["sharp"]
             out = model(blurry)
-            mse, loss = frame_loss(out, sharp, cfg.loss, cfg.loss_eps)
+            mse, loss = frame_loss(out, sharp, cfg.finetune_loss if finetuning else cfg.loss, cfg.loss_eps, blurry,
+                                   cfg.harm_weight)
             if cfg.weight_decay_in_loss:
                 loss = loss + cfg.weight_decay * weight_norm_sq(accelerator.unwrap_model(model))
             accelerator.backward(loss)
@@ -288,13 +338,15 @@ def train(cfg: DTBTrainConfig) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         running.append(mse.detach().item())
+        running_in.append(F.mse_loss(blurry.float(), sharp.float()).item())
         if not accelerator.sync_gradients:
             continue
         global_step += 1
         progress.update(1)
-        logs = {"mse": float(np.mean(running)), "lr": scheduler.get_last_lr()[0]}
-        running = []
-        progress.set_postfix(mse=f"{logs['mse']:.2e}")
+        logs = {"mse": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],
+                "train_gain_db": float(10 * np.log10(np.mean(running_in) / max(np.mean(running), 1e-12)))}
+        running, running_in = [], []
+        progress.set_postfix(mse=f"{logs['mse']:.2e}", gain=f"{logs['train_gain_db']:+.2f}dB")
         accelerator.log(logs, step=global_step)
         if accelerator.is_main_process:
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0:
@@ -303,7 +355,8 @@ def train(cfg: DTBTrainConfig) -> dict:
                 val = evaluate_clips(accelerator.unwrap_model(model), val_clips)
                 accelerator.log({f"val/{k}": v for k, v in val.items()}, step=global_step)
                 logger.info("step %d: validation %s", global_step, val)
-                history.append({"step": global_step, "mse": logs["mse"], "elapsed_s": time.perf_counter() - t0, **val})
+                history.append({"step": global_step, "mse": logs["mse"], "train_gain_db": logs["train_gain_db"],
+                                "elapsed_s": time.perf_counter() - t0, **val})
                 log_path.write_text(json.dumps(history, indent=1))
     progress.close()
     accelerator.wait_for_everyone()
@@ -315,11 +368,18 @@ def train(cfg: DTBTrainConfig) -> dict:
             if not history or history[-1]["step"] != global_step:
                 history.append({"step": global_step, "elapsed_s": time.perf_counter() - t0, **result})
         net.save_pretrained(output_dir, safe_serialization=True)
-        (output_dir / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+        record = {**asdict(cfg), "model_config": {k: v for k, v in net.config.items() if not k.startswith("_")}}
+        (output_dir / "training_config.json").write_text(json.dumps(record, indent=1, default=str))
         log_path.write_text(json.dumps(history, indent=1))
         _write_model_card(output_dir, cfg, global_step, result)
     accelerator.end_training()
     return result
+
+
+def _restart_adam(optimizer) -> None:
+    """Forget Adam's moment estimates (they are re-initialised at the next step)."""
+    opt = getattr(optimizer, "optimizer", optimizer)
+    opt.state.clear()
 
 
 def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> None:
@@ -332,7 +392,8 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None
 
 def _write_model_card(output_dir: Path, cfg: DTBTrainConfig, steps: int, val: dict) -> None:
     figures = "".join(f"| {k} | {v:+.3f} |\n" for k, v in val.items())
-    text = (f"# DTBNet ({cfg.variant})\n\nTrained with `training/train_dtb.py` for {steps} steps "
+    start = f" starting from `{cfg.init_from}`" if cfg.init_from else ""
+    text = (f"# DTBNet ({cfg.variant})\n\nTrained with `training/train_dtb.py`{start} for {steps} steps "
             f"(batch {cfg.train_batch_size}, {cfg.clip_len}-frame clips, {cfg.crop}px crops, lr {cfg.learning_rate}, "
             f"{cfg.mixed_precision} mixed precision, seed {cfg.seed}).\n\n"
             f"Data: {'synthetic camera shake from the built-in photos ' + ', '.join(cfg.photos) if cfg.train_data == 'synthetic' else cfg.train_data}.\n"
@@ -340,3 +401,34 @@ def _write_model_card(output_dir: Path, cfg: DTBTrainConfig, steps: int, val: di
             f"Validation (held-out seeds of training photos, dB):\n\n| figure | value |\n|---|---|\n{figures}\n"
             f"Full options: `training_config.json`; curve: `training_log.json`.\n")
     (output_dir / "README.md").write_text(text)
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def evaluate_shake(model: DTBNet, photos=EVAL_PHOTOS, seeds=(0,), num_frames: int = 40, precision: str = "auto",
+                   with_guard: bool = False) -> list[dict]:
+    """Score a model, streamed as the CLI runs it, on built-in camera-shake clips (by default the evaluation
+    photos, which training never sees): per clip the PSNR gain on all frames and on the blurriest third, the
+    worst per-frame loss and the frames made worse by > 0.3 dB; with ``with_guard`` also after the do-no-harm
+    guard (:mod:`vdiffdeblur.methods.guard`)."""
+    from ..evaluation import score
+    from .online import OnlineDeblurrer
+
+    rows = []
+    for photo in photos:
+        for seed in seeds:
+            clip = synthesize_shake(f"builtin:{photo}" if ":" not in str(photo) else photo,
+                                    ShakeConfig(num_frames=num_frames), seed=seed)
+            out = OnlineDeblurrer(model, precision=precision).deblur(clip.blurry)
+            s = score(out, clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent, with_ewarp=False)
+            row = {"photo": str(photo), "seed": seed, "gain_hard": s.gain("hard"), "gain_all": s.gain("all"),
+                   "worst_loss": s.worst_loss(), "frames_worse": s.frames_worse(),
+                   "input_hard_psnr": float(np.mean(s.input_psnr[s.hard]))}
+            if with_guard:
+                from .guard import guard
+
+                g = score(guard(clip.blurry, out), clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent,
+                          with_ewarp=False)
+                row.update({"guard_gain_hard": g.gain("hard"), "guard_gain_all": g.gain("all"),
+                            "guard_worst_loss": g.worst_loss(), "guard_frames_worse": g.frames_worse()})
+            rows.append(row)
+    return rows

@@ -12,7 +12,9 @@ recurrent variants, the previous step's state, and returns the sharp frame ``L_n
   with a trainable ``beta`` in [0, 1], ``h~_n = w_n * h_n + (1 - w_n) * h~_{n-1}`` (eq. 2-3; the 5x5
   convolution on the concatenation is ``A h~_{n-1} + B h_n``, without bias);
 * **decoder**: ``num_res_blocks`` residual blocks on ``h~_n``, then a 4x4 stride-2 transposed conv back to
-  full size and a 3x3 conv to the 3 output channels, and (recurrent variants) a 3x3 conv at half size to
+  full size (plus, with ``encoder_skip=True``, the encoder's full-size filtered frames) and a 3x3 conv
+  to the 3 output channels (with ``linear_light=True`` the network sees and corrects the frames in linear
+  light, where blur is a plain average, and the result goes back to sRGB), and (recurrent variants) a 3x3 conv at half size to
   the next feature map ``F_n``.
 
 ``variant`` selects the paper's three models (Fig. 3): ``"cnn"`` (no state at all: no ``F`` input channels,
@@ -38,6 +40,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from ..blur import linear_to_srgb, srgb_to_linear
 
 VARIANTS = ("cnn", "strcnn", "strcnn_dtb")
 
@@ -97,7 +101,8 @@ class DTBNet(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, variant: str = "strcnn_dtb", num_neighbors: int = 1, channels: int = 64,
                  feature_channels: int = 32, num_res_blocks: int = 4, dtb_kernel_size: int = 5,
-                 beta_init: float = 0.5, residual: bool = True):
+                 beta_init: float = 0.5, residual: bool = True, encoder_skip: bool = False,
+                 linear_light: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown DTBNet variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -146,11 +151,13 @@ class DTBNet(ModelMixin, ConfigMixin):
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"frame size {w}x{h} must be a multiple of {self.size_multiple} (pad it first)")
         wdtype = self.in_conv.weight.dtype
+        if self.config.linear_light:
+            window = srgb_to_linear(window.float())
         x = window.reshape(b, k * 3, h, w)
         if x.dtype != wdtype:
             x = x.to(wdtype)
-        y = F.relu(self.in_conv(x))
-        y = F.relu(self.down(y))
+        full = F.relu(self.in_conv(x))
+        y = F.relu(self.down(full))
         if self.recurrent:
             feats = state.features if state is not None and state.features is not None else None
             if feats is None:
@@ -163,9 +170,14 @@ class DTBNet(ModelMixin, ConfigMixin):
             hn = self.blend(prev.to(hn.dtype), hn)
             blended = hn
         d = self.decoder(hn)
-        out = self.out_conv(F.relu(self.up(d))).float()
+        up = self.up(d)
+        if self.config.encoder_skip:
+            up = up + full
+        out = self.out_conv(F.relu(up)).float()
         if self.config.residual:
             out = out + window[:, self.config.num_neighbors].float()
+        if self.config.linear_light:
+            out = linear_to_srgb(out)
         feats_out = self.feature_head(d) if self.recurrent else None
         return out, DTBState(feats_out, blended)
 
