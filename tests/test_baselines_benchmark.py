@@ -24,18 +24,28 @@ def test_richardson_lucy_with_the_true_kernel_helps_and_unsharp_sharpens():
     assert (laplacian_variance(us) > laplacian_variance(c.blurry[:2])).all()
 
 
-def test_benchmark_writes_its_report(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--methods", "blurry", "transfer",
-                        "dtb", "--photos", "coins", "--seeds", "0", "--frames", "6", "--size", "96x64",
-                        "--out", str(tmp_path)], capture_output=True, text=True)
+def _bench(out, *methods, fresh=False):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--methods", *methods,
+                        "--photos", "coins", "--seeds", "0", "--frames", "6", "--size", "96x64", "--out", str(out)]
+                       + (["--fresh"] if fresh else []), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    md = (tmp_path / "benchmarks.md").read_text()
-    assert "| transfer |" in md and "| blurry |" in md
-    data = json.loads((tmp_path / "benchmarks.json").read_text())
-    rows = {s["method"]: s for s in data["summary"]}
+    data = json.loads((out / "benchmarks.json").read_text())
+    return (out / "benchmarks.md").read_text(), {s["method"]: s for s in data["summary"]}
+
+
+def test_benchmark_writes_its_report_and_keeps_earlier_rows(tmp_path):
+    md, rows = _bench(tmp_path, "blurry", "transfer", "dtb")
+    assert "| transfer |" in md and "| blurry |" in md and "| dtb |" in md
     assert rows["blurry"]["gain_all"] == 0 and rows["transfer"]["frames"] == 6
-    assert "dtb" in rows or "dtb" in data["missing"]  # measured when its model ships, else listed as missing
+    assert rows["dtb"]["frames"] == 6  # the shipped checkpoint runs
     assert (tmp_path / "benchmark_gain_vs_blur.png").is_file()
+    # re-running one method keeps the other methods' rows of the same clips, in the registry's order
+    md2, rows2 = _bench(tmp_path, "unsharp")
+    assert list(rows2) == ["blurry", "unsharp", "transfer", "dtb"]
+    assert rows2["transfer"]["psnr"] == rows["transfer"]["psnr"] and rows2["transfer"]["kept_from_previous_run"]
+    assert rows2["unsharp"]["gain_all"] < 0
+    _, rows3 = _bench(tmp_path, "unsharp", fresh=True)
+    assert list(rows3) == ["unsharp"]
 
 
 def test_peak_rss_is_this_process_and_grows_with_allocation():

@@ -18,15 +18,7 @@ import sys
 from dataclasses import fields
 
 from vdiffdeblur.methods.maml import MetaConfig, MetaTrainConfig, meta_train
-
-
-def _bool(text: str) -> bool:
-    v = str(text).lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from vdiffdeblur.argtypes import parse_bool as _bool
 
 
 def _parser_for(p: argparse.ArgumentParser, cls, skip=()) -> None:

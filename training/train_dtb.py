@@ -20,21 +20,7 @@ from pathlib import Path
 import yaml
 
 from vdiffdeblur.methods.dtb_train import DTBTrainConfig, train
-
-
-def _bool(text: str) -> bool:
-    v = str(text).lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _optional(kind):
-    def parse(text: str):
-        return None if str(text).lower() in ("none", "null", "") else kind(text)
-    return parse
+from vdiffdeblur.argtypes import optional as _optional, parse_bool as _bool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from ..argtypes import optional as _optional, parse_bool as _bool
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS
 
 #: the stage-dependent defaults (None in the dataclass means "take the stage's value")
@@ -164,23 +165,6 @@ def read_yaml_options(path, stage: int) -> dict:
         raise ValueError(f"{path} says stage {options['stage']} but this is the stage-{stage} script")
     options.pop("stage", None)
     return options
-
-
-def _bool(text: str) -> bool:
-    v = str(text).lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _optional(kind):
-    def parse(text: str):
-        return None if str(text).lower() in ("none", "null", "") else kind(text)
-
-    parse.__name__ = getattr(kind, "__name__", "value")
-    return parse
 
 
 def build_parser(stage: int) -> argparse.ArgumentParser:
