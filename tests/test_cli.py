@@ -62,3 +62,36 @@ def test_bad_option_exits_2(synth_dir):
     r = run("synth", "builtin:nope", "-o", synth_dir.parent / "nope")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown built-in photo")
     assert not (synth_dir.parent / "nope").exists()
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(synth_dir, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "dtb.mkv"
+        assert main(["deblur", str(synth_dir / "blur.mkv"), "-o", str(out), "--method", "dtb", "--threads", "1",
+                     "--lossless"]) == 0
+        assert torch.get_num_threads() == 1 and read_video(out).frames.shape == (9, 64, 96, 3)
+    finally:
+        torch.set_num_threads(before)
+    r = run("deblur", synth_dir / "blur.mkv", "-o", tmp_path / "x.mkv", "--threads", "0")
+    assert r.returncode == 2 and r.stderr == "error: --threads must be at least 1, got 0\n"
+    assert not (tmp_path / "x.mkv").exists()
+
+
+def test_compile_option_reaches_the_dtb_stream(monkeypatch, synth_dir, tmp_path):
+    from vdiffdeblur.methods import online
+
+    seen = {}
+    real = online.OnlineDeblurrer.__init__
+
+    def spy(self, *a, **kw):
+        seen["compile"] = kw.get("compile")
+        kw["compile"] = False  # compiling takes ~30 s; only the plumbing is under test
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(online.OnlineDeblurrer, "__init__", spy)
+    assert main(["deblur", str(synth_dir / "blur.mkv"), "-o", str(tmp_path / "c.mkv"), "--method", "dtb",
+                 "--compile"]) == 0
+    assert seen["compile"] is True

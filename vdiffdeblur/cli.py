@@ -121,6 +121,12 @@ def cmd_deblur(args) -> int:
 
     if same_file(args.input, args.output):
         raise UsageError(f"output {args.output} is the input: refusing to overwrite it")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     info = deblur_file(args.input, args.output, method=args.method, options=vars(args))
     dt = time.perf_counter() - t0
@@ -171,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overlap", type=int, default=None, help="overlap between windows")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often fastest on a busy shared CPU)")
+    # dtb
+    d.add_argument("--compile", action="store_true",
+                   help="dtb: torch.compile the network (about 30 s to compile per frame size, then faster)")
     # diffusion
     d.add_argument("--steps", type=int, default=None, help="diffusion: DDIM steps; fit: fitting steps")
     d.add_argument("--guidance", type=float, default=None, help="diffusion: classifier-free guidance scale")
