@@ -127,6 +127,17 @@ class DeblurVideoPipeline(DiffusionPipeline):
             Turns the clip's conditioning frame(s) into cross-attention tokens.
         scheduler ([`DDIMScheduler`]):
             The sampler; its `prediction_type` (epsilon or v_prediction) must be the UNet's.
+        residual_decode (`bool`, defaults to `False`):
+            Saved default of `__call__`'s `residual_decode`: output = blurry input + decode(z_0) - decode(z_blurry),
+            so the VAE's reconstruction error cancels wherever the model leaves the content unchanged.
+        residual_latents (`bool`, defaults to `False`):
+            The UNet denoises the residual `z_sharp - z_blurry` (what training on this folder targets) instead of the
+            sharp latents; the final latents are that residual plus the blurry clip's latents.
+        residual_scale (`float`, defaults to 1.0):
+            With `residual_latents`, the UNet works on `residual_scale * (z_sharp - z_blurry)`, so that the
+            residual (small next to unit noise) carries a fair share of the diffusion loss.
+        default_num_inference_steps (`int`, defaults to 50), default_guidance_scale (`float`, defaults to 3.0):
+            Saved defaults of `__call__`'s `num_inference_steps` and `guidance_scale` (what the model was tuned for).
     """
 
     model_cpu_offload_seq = "blur_encoder->unet->vae"
@@ -140,9 +151,22 @@ class DeblurVideoPipeline(DiffusionPipeline):
         unet: UNet3DConditionModel,
         blur_encoder: BlurImageEncoder,
         scheduler: DDIMScheduler,
+        residual_decode: bool = False,
+        residual_latents: bool = False,
+        residual_scale: float = 1.0,
+        default_num_inference_steps: int = 50,
+        default_guidance_scale: float = 3.0,
     ):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, blur_encoder=blur_encoder, scheduler=scheduler)
+        if int(default_num_inference_steps) < 1:
+            raise ModelFolderError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
+        if not float(residual_scale) > 0:
+            raise ModelFolderError(f"residual_scale must be > 0, got {residual_scale}")
+        self.register_to_config(residual_decode=bool(residual_decode), residual_latents=bool(residual_latents),
+                                residual_scale=float(residual_scale),
+                                default_num_inference_steps=int(default_num_inference_steps),
+                                default_guidance_scale=float(default_guidance_scale))
         self.check_components()
         for module in (vae, unet, blur_encoder):
             if isinstance(module, torch.nn.Module):
@@ -227,6 +251,12 @@ class DeblurVideoPipeline(DiffusionPipeline):
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def resolve_sampling(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+        """`None` -> the saved defaults (`config.default_num_inference_steps`, `config.default_guidance_scale`)."""
+        steps = self.config.get("default_num_inference_steps", 50) if num_inference_steps is None else num_inference_steps
+        scale = self.config.get("default_guidance_scale", 3.0) if guidance_scale is None else guidance_scale
+        return int(steps), float(scale)
 
     # ------------------------------------------------------------------------------------- properties
     @property
@@ -452,8 +482,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
     def __call__(
         self,
         video=None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 3.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -462,6 +492,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         decode_chunk_size: int | None = 8,
+        residual_decode: bool | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[int, int, dict], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -474,8 +505,9 @@ class DeblurVideoPipeline(DiffusionPipeline):
             video (`Video`, `list[PIL.Image.Image]`, `np.ndarray`, `torch.Tensor`, or a batch of these):
                 The blurry clip(s), see [`~DeblurVideoPipeline.preprocess_video`]. Any frame count and size: frames
                 are padded to `spatial_multiple` and cropped back.
-            num_inference_steps (`int`, defaults to 50): DDIM steps.
-            guidance_scale (`float`, defaults to 3.0):
+            num_inference_steps (`int`, *optional*): DDIM steps (default: the pipeline's
+                `config.default_num_inference_steps`, 50 unless the saved model says otherwise).
+            guidance_scale (`float`, *optional*, default: `config.default_guidance_scale`, 3.0 unless saved otherwise):
                 Classifier-free guidance weight on the blur encoder's tokens (the unconditional branch has zero
                 tokens and keeps the blurry latents). `guidance_scale <= 1` runs one UNet pass per step.
             eta (`float`, defaults to 0.0): DDIM η (0 is deterministic given the initial noise).
@@ -493,6 +525,10 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 overlapping spatial tiles of that size (a multiple of `spatial_multiple`), blended the same way.
             tile_overlap (`int`, *optional*, defaults to `tile_size // 4` rounded to `spatial_multiple`).
             decode_chunk_size (`int`, *optional*, defaults to 8): frames per VAE call (None: a window at once).
+            residual_decode (`bool`, *optional*, default: `config.residual_decode`):
+                Output = blurry input + decode(final latents) - decode(blurry latents) instead of decode(final
+                latents): the VAE's reconstruction error cancels where the content is unchanged. Not for
+                `output_type="latent"`.
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, `"pil"` or `"latent"`.
             return_dict (`bool`, defaults to `True`): return a [`DeblurVideoPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback`, `MultiPipelineCallbacks`, *optional*):
@@ -512,6 +548,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if video is None:
             raise ValueError("no video given")
+        num_inference_steps, guidance_scale = self.resolve_sampling(num_inference_steps, guidance_scale)
         window = self.default_window_size if window_size is None else window_size
         self.check_inputs(num_inference_steps, window, window_overlap, tile_size, tile_overlap, decode_chunk_size,
                           output_type, callback_on_step_end_tensor_inputs)
@@ -539,7 +576,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale, eta=eta, generator=generator, latents=latents,
                 window_size=window, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
                 decode_chunk_size=decode_chunk_size, output_latents=output_type == "latent",
-                callback_on_step_end=callback_on_step_end,
+                residual_decode=residual_decode, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, progress_bar=progress_bar,
             )
             pieces = stream.push(frames)
@@ -586,14 +623,18 @@ class DeblurVideoStream:
     """
 
     def __init__(self, pipe: DeblurVideoPipeline, height: int, width: int, batch_size: int = 1, *,
-                 num_inference_steps: int = 50, guidance_scale: float = 3.0, eta: float = 0.0, generator=None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None, eta: float = 0.0,
+                 generator=None, residual_decode: bool | None = None,
                  latents: torch.Tensor | None = None, window_size: int | None = None, window_overlap: int = 4,
                  tile_size: int | None = None, tile_overlap: int | None = None, decode_chunk_size: int | None = 8,
                  output_latents: bool = False, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), progress_bar=None):
+        num_inference_steps, guidance_scale = pipe.resolve_sampling(num_inference_steps, guidance_scale)
         window = pipe.default_window_size if window_size is None else window_size
         pipe.check_inputs(num_inference_steps, window, window_overlap, tile_size, tile_overlap, decode_chunk_size,
                           "latent" if output_latents else "pt", callback_on_step_end_tensor_inputs)
+        self.residual_decode = bool(pipe.config.get("residual_decode", False) if residual_decode is None
+                                    else residual_decode)
         if window == 0:
             raise ValueError("a stream needs window_size >= 1")
         if height < 1 or width < 1:
@@ -653,7 +694,7 @@ class DeblurVideoStream:
         if len(self._pixels) > self._held or (not self._processed_any and self._pixels):
             return self._process(final=True)
         if self._tail is not None and self._held:
-            out = [self._emit(self._tail)]
+            out = [self._emit(self._tail, self._pixels, self._blur)]
             self._reset_buffer(0)
             return out
         return []
@@ -703,7 +744,7 @@ class DeblurVideoStream:
             pipe._current_window = None
         self._processed_any = True
         ready = n - keep
-        out = [self._emit(latents[:, :, :ready])] if ready else []
+        out = [self._emit(latents[:, :, :ready], self._pixels[:ready], self._blur[:ready])] if ready else []
         self._predictions = predictions if keep else None
         self._tail = latents[:, :, ready:] if keep else None
         self._reset_buffer(keep)
@@ -717,8 +758,21 @@ class DeblurVideoStream:
         if not keep:
             self._predictions, self._tail = None, None
 
-    def _emit(self, latents: torch.Tensor) -> torch.Tensor:
+    def _emit(self, latents: torch.Tensor, pixels: list[torch.Tensor], blur: list[torch.Tensor]) -> torch.Tensor:
+        """Final latents of the first frames of the buffer -> output frames; `pixels` / `blur` are those frames'
+        blurry input and its latents (for `residual_decode`)."""
+        if self.pipe.config.get("residual_latents", False):
+            scale = float(self.pipe.config.get("residual_scale", 1.0))
+            latents = latents / scale + torch.cat(blur, dim=2).to(device=latents.device, dtype=latents.dtype)
         if self.output_latents:
             return latents
-        video = decode_video_latents(self.pipe.vae, latents, chunk_size=self.decode_chunk_size)
-        return crop_to(video, (self.height, self.width))
+        vae = self.pipe.vae
+        video = decode_video_latents(vae, latents.to(vae.dtype), chunk_size=self.decode_chunk_size)
+        video = crop_to(video, (self.height, self.width))
+        if not self.residual_decode:
+            return video
+        blur_latents = torch.cat(blur, dim=2).to(device=latents.device, dtype=vae.dtype)
+        blur_rec = crop_to(decode_video_latents(vae, blur_latents, chunk_size=self.decode_chunk_size),
+                           (self.height, self.width))
+        inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
+        return (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)

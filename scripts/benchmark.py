@@ -228,7 +228,6 @@ def main() -> int:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     setup = {"photos": a.photos, "seeds": a.seeds, "frames": a.frames, "size": a.size}
-    previous = {} if a.fresh else load_previous(out_dir / "benchmarks.json", setup)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = make_clips(Path(tmp), a.photos, a.seeds, a.frames, size)
         evals, summary, missing = {}, [], {}
@@ -248,6 +247,8 @@ def main() -> int:
             s = summary[-1]
             print(f"    gain hard {s['gain_hard']:+.2f} all {s['gain_all']:+.2f} worse {s['worse']}/{s['frames']} "
                   f"{s['s_per_frame']:.3f} s/frame {s['peak_mb']:.0f} MB", flush=True)
+    # read at the end, so that runs of other methods that finished meanwhile are kept
+    previous = {} if a.fresh else load_previous(out_dir / "benchmarks.json", setup)
     for name, (ev, s) in previous.items():
         if name not in evals and name not in missing:
             evals[name], s["kept_from_previous_run"] = ev, True

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="DeblurVideoPipeline folder (save_pretrained layout)")
     p.add_argument("--input", required=True, help="blurry video file or frame folder")
     p.add_argument("--output", required=True, help="output video (.mp4, .mkv, ...) or a folder path for PNGs")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the pipeline's, 50 unless saved otherwise)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
     p.add_argument("--seed", type=int, default=0)

@@ -107,11 +107,15 @@ def test_bad_input_exits_2_and_writes_nothing(model_dir, corrupt, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4"]
 
 
-def test_model_problems_exit_2_naming_them(model_dir, blurry, tmp_path, capsys):
+def test_model_problems_exit_2_naming_them(model_dir, blurry, tmp_path, capsys, monkeypatch):
     import shutil
+
+    import vdiffdeblur.methods.diffusion as diffusion
 
     src, _ = blurry
     out = tmp_path / "out.mkv"
+    # no --model and no shipped model: the error names --model
+    monkeypatch.setattr(diffusion, "DEFAULT_MODEL", tmp_path / "no-shipped-model")
     assert cli_main(["deblur", str(src), "-o", str(out), "--method", "diffusion", "--no-guard"]) == 2
     assert "--model" in _one_line_error(capsys.readouterr().err)
     broken = tmp_path / "broken-model"

@@ -57,9 +57,14 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_pipeline(model, device: str | None = "auto", dtype: str | None = "auto", cpu_offload: bool = False,
+#: the small pipeline shipped with the package (training/configs/small*.yaml; docs/diffusion.md)
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "diffusion"
+
+
+def load_pipeline(model=None, device: str | None = "auto", dtype: str | None = "auto", cpu_offload: bool = False,
                   vae_slicing: bool = False, vae_tiling: bool = False):
-    """A `DeblurVideoPipeline` from a local folder, on `device` in `dtype` (both may be `auto`).
+    """A `DeblurVideoPipeline` from a local folder (default: the shipped small model, `DEFAULT_MODEL`), on `device`
+    in `dtype` (both may be `auto`).
 
     `cpu_offload` keeps each model on the CPU until it runs (`enable_model_cpu_offload`, for small GPUs);
     `vae_slicing` / `vae_tiling` cut the VAE's memory. Raises `FileNotFoundError` / `ModelFolderError` (a
@@ -68,8 +73,11 @@ def load_pipeline(model, device: str | None = "auto", dtype: str | None = "auto"
     from vdiffdeblur.pipelines import DeblurVideoPipeline
 
     if not model:
-        raise ValueError("the diffusion method needs a model: --model DIR (a DeblurVideoPipeline folder; make one "
-                         "with scripts/convert_t2v_to_deblur.py or scripts/make_tiny_pipeline.py)")
+        if not (DEFAULT_MODEL / "model_index.json").is_file():
+            raise ValueError("the diffusion method needs a model: --model DIR (a DeblurVideoPipeline folder; make one "
+                             "with scripts/convert_t2v_to_deblur.py or scripts/make_tiny_pipeline.py); the shipped "
+                             f"model {DEFAULT_MODEL} is missing")
+        model = DEFAULT_MODEL
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     with warnings.catch_warnings():
@@ -101,7 +109,7 @@ class DiffusionFrameStream:
     Frames come out in bursts of one window (minus the overlap) as soon as a window is denoised.
     """
 
-    def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int = 50,
+    def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
                  window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
                  eta: float = 0.0):
@@ -147,7 +155,7 @@ def make_stream(source, info: VideoInfo, options: dict) -> DiffusionFrameStream:
                          vae_slicing=bool(options.get("vae_slicing")), vae_tiling=bool(options.get("vae_tiling")))
     pipe.set_progress_bar_config(disable=True)  # the caller shows progress per frame
     return DiffusionFrameStream(
-        pipe, info.height, info.width, num_inference_steps=int(_opt(options, "steps", 50)),
+        pipe, info.height, info.width, num_inference_steps=options.get("steps"),
         guidance_scale=options.get("guidance"), seed=_opt(options, "seed", 0), window_size=options.get("window"),
         window_overlap=options.get("overlap"), tile_size=options.get("tile_size"),
         decode_chunk_size=_opt(options, "decode_chunk_size", 8),
@@ -161,7 +169,8 @@ def check_job(source, output) -> VideoInfo:
     return probe(source)
 
 
-def deblur_video_file(pipe, source, output, *, num_inference_steps: int = 50, guidance_scale: float | None = None,
+def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None = None,
+                      guidance_scale: float | None = None,
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
                       tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
                       lossless: bool = False, crf: int = 18, quiet: bool = False) -> VideoInfo:

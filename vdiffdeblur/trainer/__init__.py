@@ -3,7 +3,9 @@
 `training/stage1.py` and `training/stage2.py` only parse options (`config.parse_config`) and call
 `loop.train`. Modules: `config` (options, YAML, command line), `components` (loading, freezing, the trained
 module), `objective` (the losses of a batch), `data` (training / validation clips), `validation`,
-`checkpoints` (Accelerate hooks, resume, EMA), `card` (the model card), `loop` (the training loop).
+`checkpoints` (Accelerate hooks, resume, EMA), `card` (the model card), `loop` (the training loop). For the shipped
+small model: `vae` (training its AutoencoderKL, `training/train_vae.py`), `quality` (the held-out quality check),
+`ship` (assembling vdiffdeblur/checkpoints/diffusion/).
 """
 
 from .config import DiffusionTrainConfig, parse_config

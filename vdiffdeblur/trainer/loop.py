@@ -93,6 +93,9 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     base = load_base_pipeline(cfg)
     vae, unet, blur_encoder = base.vae, base.unet, base.blur_encoder
     scheduler_config = dict(base.scheduler.config)
+    # the base folder's output parameterisation, carried into validation (training targets follow it too)
+    sampling = {k: bool(base.config.get(k, False)) for k in ("residual_decode", "residual_latents")}
+    sampling["residual_scale"] = float(base.config.get("residual_scale", 1.0))
     noise_scheduler = training_scheduler(base.scheduler)
     spatial_multiple = base.spatial_multiple
     teacher = load_teacher(cfg, blur_encoder) if cfg.alignment_weight > 0 else None
@@ -137,7 +140,9 @@ def train(cfg: DiffusionTrainConfig) -> dict:
         ema.to(accelerator.device)
     weights = LossWeights(coherence=cfg.coherence_weight, alignment=cfg.alignment_weight,
                           condition_dropout=cfg.condition_dropout, coherence_reduction=cfg.coherence_reduction,
-                          alignment_kind=cfg.alignment_loss)
+                          alignment_kind=cfg.alignment_loss,
+                          residual_latents=bool(base.config.get("residual_latents", False)),
+                          residual_scale=float(base.config.get("residual_scale", 1.0)))
 
     if accelerator.is_main_process and report_to:
         accelerator.init_trackers(cfg.tracker_project_name,
@@ -165,7 +170,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     val_clips = validation_clips(cfg) if accelerator.is_main_process else []
 
     def validate(step: int) -> dict:
-        return _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, val_clips, weights,
+        return _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, sampling, val_clips, weights,
                          spatial_multiple, teacher, ema, step)
 
     if val_clips and cfg.validation_at_start and global_step == 0:
@@ -276,8 +281,8 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None
         logging.getLogger(__name__).info("saved %s", path)
 
 
-def _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, clips, weights, spatial_multiple,
-              teacher, ema, step: int) -> dict:
+def _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, sampling, clips, weights,
+              spatial_multiple, teacher, ema, step: int) -> dict:
     """Validation on the main process, with the EMA weights when there are any; returns the figures."""
     net = accelerator.unwrap_model(model)
     if ema is not None:
@@ -287,7 +292,7 @@ def _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, c
         with accelerator.autocast():
             figures = validation_loss(net, vae, noise_scheduler, clips, weights, spatial_multiple,
                                       cfg.validation_loss_draws, seed=cfg.seed, teacher=teacher)
-            pipe = make_validation_pipeline(vae, net.unet, net.blur_encoder, scheduler_config)
+            pipe = make_validation_pipeline(vae, net.unet, net.blur_encoder, scheduler_config, **sampling)
             figures.update(run_pipeline_validation(
                 pipe, clips, cfg.validation_inference_steps, cfg.validation_guidance_scale, seed=cfg.seed,
                 image_dir=Path(cfg.output_dir) / "validation", step=step))

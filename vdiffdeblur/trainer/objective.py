@@ -27,6 +27,8 @@ class LossWeights:
     condition_dropout: float = 0.0
     coherence_reduction: str = "sum_frames"
     alignment_kind: str = "cosine"
+    residual_latents: bool = False  # denoise z_sharp - z_blurry (the pipeline's `residual_latents`)
+    residual_scale: float = 1.0  # ... times this (the pipeline's `residual_scale`)
 
 
 def step_seed(*keys: int) -> int:
@@ -53,6 +55,8 @@ def compute_losses(model, vae, noise_scheduler, blurry: torch.Tensor, sharp: tor
     with torch.no_grad():
         latents = encode_video_latents(vae, sharp.to(vae_dtype), generator=generator, sample=True).float()
         blur_latents = encode_video_latents(vae, blurry.to(vae_dtype)).float()
+    if weights.residual_latents:
+        latents = (latents - blur_latents) * weights.residual_scale
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
     if timesteps is None:

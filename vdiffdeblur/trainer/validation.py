@@ -52,7 +52,8 @@ def validation_loss(model, vae, noise_scheduler, clips: list[ValidationClip], we
     without condition dropout: the same value for the same weights, whenever it is computed."""
     w = LossWeights(coherence=weights.coherence, alignment=weights.alignment if teacher is not None else 0.0,
                     condition_dropout=0.0, coherence_reduction=weights.coherence_reduction,
-                    alignment_kind=weights.alignment_kind)
+                    alignment_kind=weights.alignment_kind, residual_latents=weights.residual_latents,
+                    residual_scale=weights.residual_scale)
     device = next(model.parameters()).device
     num_t = noise_scheduler.config.num_train_timesteps
     totals: dict[str, list[float]] = {}
@@ -115,13 +116,16 @@ def vae_ceiling_psnr(pipe, sharp: np.ndarray) -> float:
     return float(np.mean(np.minimum(psnr(rec, sharp), 100.0)))
 
 
-def make_validation_pipeline(vae, unet, blur_encoder, scheduler_config):
-    """A `DeblurVideoPipeline` over the training modules themselves (no copy), with a DDIM scheduler."""
+def make_validation_pipeline(vae, unet, blur_encoder, scheduler_config, residual_decode: bool = False,
+                             residual_latents: bool = False, residual_scale: float = 1.0):
+    """A `DeblurVideoPipeline` over the training modules themselves (no copy), with a DDIM scheduler;
+    `residual_decode` / `residual_latents` as the base pipeline saves them."""
     from diffusers import DDIMScheduler
 
     from vdiffdeblur.pipelines import DeblurVideoPipeline
 
     pipe = DeblurVideoPipeline(vae=vae, unet=unet, blur_encoder=blur_encoder,
-                               scheduler=DDIMScheduler.from_config(scheduler_config))
+                               scheduler=DDIMScheduler.from_config(scheduler_config), residual_decode=residual_decode,
+                               residual_latents=residual_latents, residual_scale=residual_scale)
     pipe.set_progress_bar_config(disable=True)
     return pipe

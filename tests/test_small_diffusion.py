@@ -1,0 +1,249 @@
+"""The small shipped diffusion deblurrer: residual decoding and saved sampling defaults of the pipeline, the
+VAE trainer, the starting pipeline, and the shipped folder itself (loads, deblurs, is the CLI's default)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vdiffdeblur.models.conditioning import decode_video_latents
+from vdiffdeblur.models.tiny import make_tiny_pipeline, tiny_components
+from vdiffdeblur.pipelines import DeblurVideoPipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _clip(seed=0, frames=3, h=16, w=24):
+    return np.random.RandomState(seed).randint(0, 256, (frames, h, w, 3), dtype=np.uint8)
+
+
+def _to_blur_latents(pipe, step, t, kw):
+    return {"latents": kw["blur_latents"].clone()}
+
+
+def test_residual_decode_returns_the_input_where_the_latents_are_the_blurry_ones():
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    clip = _clip()
+    x = clip.astype(np.float32) / 255
+    kw = dict(num_inference_steps=1, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+              callback_on_step_end=_to_blur_latents, callback_on_step_end_tensor_inputs=["latents", "blur_latents"])
+    res = pipe(clip, residual_decode=True, **kw).frames[0]
+    plain = pipe(clip, residual_decode=False, **kw).frames[0]
+    # final latents = the blurry clip's: residual decoding gives the input back, plain decoding the VAE round trip
+    np.testing.assert_allclose(res, x, atol=1e-5)
+    assert np.abs(plain - x).mean() > 0.05
+
+
+def test_residual_decode_adds_the_decoded_change_to_the_input():
+    pipe = make_tiny_pipeline(seed=1)
+    pipe.set_progress_bar_config(disable=True)
+    clip = _clip(1, frames=2, h=8, w=8)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    z0 = pipe(clip, num_inference_steps=2, output_type="latent", generator=g()).frames
+    out = pipe(clip, num_inference_steps=2, residual_decode=True, output_type="pt", generator=g()).frames
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
+    zb = pipe.encode_condition(x).latents
+    want = (x + decode_video_latents(pipe.vae, z0) - decode_video_latents(pipe.vae, zb)).clamp(0, 1)
+    torch.testing.assert_close(out.permute(0, 2, 1, 3, 4), want, atol=1e-5, rtol=0)
+
+
+def test_sampling_defaults_are_saved_and_used(tmp_path):
+    pipe = DeblurVideoPipeline(**tiny_components(seed=0), residual_decode=True, default_num_inference_steps=3,
+                               default_guidance_scale=1.0)
+    pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert (index["residual_decode"], index["default_num_inference_steps"], index["default_guidance_scale"]) == (True, 3, 1.0)
+    loaded = DeblurVideoPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    out = loaded(_clip(), generator=torch.Generator().manual_seed(0)).frames[0]
+    assert loaded.num_timesteps == 3 and loaded.guidance_scale == 1.0
+    ref = pipe(_clip(), num_inference_steps=3, guidance_scale=1.0, residual_decode=True,
+               generator=torch.Generator().manual_seed(0)).frames[0]
+    np.testing.assert_array_equal(out, ref)
+    # a plain pipeline keeps the old defaults
+    plain = make_tiny_pipeline(seed=0)
+    assert (plain.config.residual_decode, plain.resolve_sampling(None, None)) == (False, (50, 3.0))
+
+
+def test_stream_residual_decode_matches_call_across_windows():
+    pipe = DeblurVideoPipeline(**tiny_components(seed=2), residual_decode=True, default_num_inference_steps=2)
+    pipe.set_progress_bar_config(disable=True)
+    clip = _clip(2, frames=7)
+    whole = pipe(clip, window_size=3, window_overlap=1, generator=torch.Generator().manual_seed(1),
+                 output_type="pt").frames
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
+    stream = pipe.open_stream(16, 24, window_size=3, window_overlap=1, generator=torch.Generator().manual_seed(1))
+    pieces = []
+    for i in range(7):
+        pieces += stream.push(x[:, :, i : i + 1])
+    pieces += stream.flush()
+    torch.testing.assert_close(torch.cat(pieces, 2).permute(0, 2, 1, 3, 4), whole, atol=1e-5, rtol=0)
+
+
+def test_make_small_pipeline_fits_a_trained_vae():
+    from diffusers import AutoencoderKL
+
+    from vdiffdeblur.models.small import SMALL_SAMPLING, make_small_pipeline
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=6, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+                        norm_num_groups=4)
+    pipe = make_small_pipeline(vae, seed=0)
+    assert pipe.unet.config.in_channels == 12 and pipe.unet.config.out_channels == 6
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.config.residual_decode == SMALL_SAMPLING["residual_decode"]
+    a = make_small_pipeline(vae, seed=0).unet.conv_in.weight
+    assert torch.equal(a, pipe.unet.conv_in.weight)
+
+
+def _vae_cfg(tmp_path, **kw):
+    from vdiffdeblur.trainer.vae import VAETrainConfig
+
+    base = dict(output_dir=str(tmp_path / "vae"), block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4,
+                crop=16, batch_size=2, max_train_steps=4, learning_rate=1e-3, lr_warmup_steps=0,
+                lr_scheduler="constant", checkpointing_steps=2, eval_size=(24, 16), eval_photos=("coins",),
+                photos=("camera",), scaling_batches=1, num_threads=1)
+    base.update(kw)
+    return VAETrainConfig(**base)
+
+
+def test_vae_trainer_saves_measures_and_resumes_exactly(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from vdiffdeblur.trainer.vae import train_vae
+
+    s = train_vae(_vae_cfg(tmp_path))
+    assert s["steps"] == 4 and set(s["eval_psnr"]) == {"coins"} and np.isfinite(s["eval_psnr_mean"])
+    full = AutoencoderKL.from_pretrained(tmp_path / "vae" / "vae", use_safetensors=True)
+    assert abs(full.config.scaling_factor - s["scaling_factor"]) < 1e-6
+    # 2 steps, then resume to 4: the same weights
+    train_vae(_vae_cfg(tmp_path, output_dir=str(tmp_path / "half"), max_train_steps=2, checkpointing_steps=1))
+    train_vae(_vae_cfg(tmp_path, output_dir=str(tmp_path / "half"), resume_from_checkpoint="latest"))
+    # (the step-2 run saved checkpoint-1 only: resume restarts at step 1)
+    resumed = AutoencoderKL.from_pretrained(tmp_path / "half" / "vae", use_safetensors=True)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_vae_trainer_refuses_eval_photos(tmp_path):
+    with pytest.raises(ValueError, match="coffee"):
+        _vae_cfg(tmp_path, photos=("camera", "coffee"))
+
+
+def test_default_model_error_and_shipped_folder(tmp_path, monkeypatch):
+    import vdiffdeblur.methods.diffusion as diffusion
+
+    shipped = diffusion.DEFAULT_MODEL
+    monkeypatch.setattr(diffusion, "DEFAULT_MODEL", tmp_path / "missing")
+    with pytest.raises(ValueError, match="--model"):
+        diffusion.load_pipeline(None, device="cpu")
+    monkeypatch.setattr(diffusion, "DEFAULT_MODEL", shipped)
+    if not (shipped / "model_index.json").is_file():
+        pytest.fail(f"the shipped diffusion model {shipped} is missing")
+    size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file()) / 2**20
+    assert size <= 20
+    assert not list(shipped.rglob("*.bin")) and not list(shipped.rglob("*.pt"))
+    pipe = diffusion.load_pipeline(None, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.residual_decode
+    from vdiffdeblur.data.synthetic import ShakeConfig, synthesize_shake
+
+    clip = synthesize_shake("coins", ShakeConfig(num_frames=6, width=64, height=48), seed=4)
+    out = pipe(clip.blurry, generator=torch.Generator().manual_seed(0)).frames[0]
+    assert out.shape == (6, 48, 64, 3) and out.dtype == np.float32 and np.isfinite(out).all()
+    change = np.abs(out - clip.blurry.astype(np.float32) / 255).mean(axis=(1, 2, 3))
+    assert change[np.argmax(clip.blur_extent)] > 1e-3
+
+
+def test_residual_latents_add_the_blurry_latents_and_set_the_training_target():
+    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
+
+    parts = tiny_components(seed=3, prediction_type="v_prediction")  # v: the target depends on the latents
+    res = DeblurVideoPipeline(**parts, residual_latents=True)
+    plain = DeblurVideoPipeline(**parts)
+    for p in (res, plain):
+        p.set_progress_bar_config(disable=True)
+    clip = _clip(3, frames=2, h=8, w=8)
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    z_res = res(clip, num_inference_steps=2, output_type="latent", generator=g()).frames
+    z_plain = plain(clip, num_inference_steps=2, output_type="latent", generator=g()).frames
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
+    zb = res.encode_condition(x).latents
+    torch.testing.assert_close(z_res, z_plain + zb, atol=1e-5, rtol=0)
+
+    # training targets the residual: a model whose prediction is the target of the residual has zero loss only then
+    class Echo(torch.nn.Module):
+        def __init__(self, target):
+            super().__init__()
+            self.target = target
+
+        def forward(self, noisy, blur_latents, t, blurry, **kw):
+            return self.target, None
+
+    from vdiffdeblur.losses import diffusion_target
+    from vdiffdeblur.models.conditioning import encode_video_latents
+    from vdiffdeblur.trainer.components import training_scheduler
+
+    sched = training_scheduler(res.scheduler)
+    sharp = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    blurry = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500])
+    gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    with torch.no_grad():
+        gg = gen()
+        zs = encode_video_latents(res.vae, sharp, generator=gg, sample=True)
+        zb = encode_video_latents(res.vae, blurry)
+        noise = torch.randn(zs.shape, generator=gg)
+    target = diffusion_target(sched, zs - zb, noise, t)
+    out = compute_losses(Echo(target), res.vae, sched, blurry, sharp, LossWeights(residual_latents=True), gen(),
+                         timesteps=t)
+    assert float(out["diffusion"]) < 1e-10
+    out = compute_losses(Echo(target), res.vae, sched, blurry, sharp, LossWeights(), gen(), timesteps=t)
+    assert float(out["diffusion"]) > 1e-4
+
+
+def test_residual_scale_divides_the_denoised_residual_and_scales_the_target():
+    from vdiffdeblur.losses import diffusion_target
+    from vdiffdeblur.models.conditioning import encode_video_latents
+    from vdiffdeblur.trainer.components import training_scheduler
+    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
+
+    parts = tiny_components(seed=4, prediction_type="v_prediction")
+    scaled = DeblurVideoPipeline(**parts, residual_latents=True, residual_scale=4.0)
+    plain = DeblurVideoPipeline(**parts)
+    for p in (scaled, plain):
+        p.set_progress_bar_config(disable=True)
+    clip = _clip(4, frames=2, h=8, w=8)
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    z = scaled(clip, num_inference_steps=1, output_type="latent", generator=g()).frames
+    z_plain = plain(clip, num_inference_steps=1, output_type="latent", generator=g()).frames
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
+    torch.testing.assert_close(z, z_plain / 4 + scaled.encode_condition(x).latents, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="residual_scale"):
+        DeblurVideoPipeline(**parts, residual_scale=0.0)
+
+    sched = training_scheduler(scaled.scheduler)
+    sharp = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    blurry = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([700])
+    with torch.no_grad():
+        gg = torch.Generator().manual_seed(9)
+        zs = encode_video_latents(scaled.vae, sharp, generator=gg, sample=True)
+        zb = encode_video_latents(scaled.vae, blurry)
+        noise = torch.randn(zs.shape, generator=gg)
+    target = diffusion_target(sched, 4.0 * (zs - zb), noise, t)
+
+    class Echo(torch.nn.Module):
+        def forward(self, *a, **kw):
+            return target, None
+
+    w = LossWeights(residual_latents=True, residual_scale=4.0)
+    out = compute_losses(Echo(), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9), timesteps=t)
+    assert float(out["diffusion"]) < 1e-10
+    w = LossWeights(residual_latents=True)
+    out = compute_losses(Echo(), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9), timesteps=t)
+    assert float(out["diffusion"]) > 1e-6

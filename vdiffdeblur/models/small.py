@@ -1,0 +1,64 @@
+"""The small diffusion deblurrer that vdiffdeblur ships (vdiffdeblur/checkpoints/diffusion/): configs of its UNet,
+blur encoder and scheduler, and the untrained starting pipeline that `training/stage1.py` begins from, around a VAE
+trained by `training/train_vae.py` (docs/training.md, "The shipped small model").
+
+Layout as the real model, only small: VAE factor 4 with 8 latent channels (trained from scratch), a three-level
+UNet3D (conv_in: noisy latents ++ blurry latents = 16 channels), a two-layer CLIP vision tower of width 32 feeding 4
+tokens, v-prediction with zero terminal SNR and trailing timesteps (the paper's), so that a few DDIM steps from pure
+noise are a direct estimate. The UNet denoises the residual z_sharp - z_blurry (`residual_latents`: zero for a
+sharp frame, small for a blurry one, an easier target for a small network than the whole latent), and the output
+is decoded residually (`residual_decode`); `SMALL_SAMPLING` holds these saved defaults and the DDIM steps / guidance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: UNet3DConditionModel; `in_channels` / `out_channels` are set from the VAE's latent channels
+SMALL_UNET_CONFIG = dict(
+    sample_size=16,
+    down_block_types=["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    up_block_types=["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+    block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=8,
+    cross_attention_dim=32, attention_head_dim=8,
+)
+
+#: transformers CLIPVisionConfig fields of the blur encoder's tower (projection = the UNet's cross_attention_dim)
+SMALL_CLIP_VISION_CONFIG = dict(
+    hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
+    num_channels=3, image_size=32, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-5,
+)
+
+#: DDIM with v-prediction, zero terminal SNR, trailing timesteps (TF-T2V / the paper)
+SMALL_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=0, prediction_type="v_prediction",
+    rescale_betas_zero_snr=True, timestep_spacing="trailing",
+)
+
+#: the pipeline's saved sampling defaults (model_index.json): residual decoding, DDIM steps, guidance
+SMALL_SAMPLING = dict(residual_decode=True, residual_latents=True, residual_scale=5.0, default_num_inference_steps=1,
+                      default_guidance_scale=1.0)
+
+
+def small_components(vae, seed: int = 0, num_tokens: int = 4) -> dict:
+    """The untrained `unet`, `blur_encoder` and `scheduler` around a trained `vae`, seeded, float32 on the CPU."""
+    from diffusers import DDIMScheduler, UNet3DConditionModel
+
+    from .blur_encoder import BlurImageEncoder
+
+    c = int(vae.config.latent_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet3DConditionModel(**SMALL_UNET_CONFIG, in_channels=2 * c, out_channels=c)
+        blur_encoder = BlurImageEncoder(vision_config=SMALL_CLIP_VISION_CONFIG, num_tokens=num_tokens,
+                                        cross_attention_dim=SMALL_UNET_CONFIG["cross_attention_dim"])
+    return {"vae": vae.eval(), "unet": unet.eval(), "blur_encoder": blur_encoder.eval(),
+            "scheduler": DDIMScheduler(**SMALL_SCHEDULER_CONFIG)}
+
+
+def make_small_pipeline(vae, seed: int = 0, **sampling):
+    """The starting `DeblurVideoPipeline` of the small model's training (`SMALL_SAMPLING` defaults, overridable)."""
+    from vdiffdeblur.pipelines import DeblurVideoPipeline
+
+    return DeblurVideoPipeline(**small_components(vae, seed=seed), **{**SMALL_SAMPLING, **sampling})
