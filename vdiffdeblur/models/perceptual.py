@@ -15,7 +15,6 @@ gradients, :func:`vdiffdeblur.losses.pixel_loss_per_sample`) and warns once.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from torch import nn
 from ..losses import l1_per_sample, pixel_loss_per_sample
 from .vgg import CFGS, IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, load_state_dict_file
 
-logger = logging.getLogger(__name__)
 
 #: MatConvNet's VGG average pixel (RGB, 0..255), used when the file does not carry its own.
 MATCONVNET_AVERAGE_PIXEL = (123.68, 116.779, 103.939)
@@ -136,7 +134,6 @@ def _warn_fallback_once():
         msg = ("no VGG-19 weights given: the perceptual loss falls back to a pixel loss (L1 + L1 of image "
                "gradients); pass a local torchvision vgg19 .pth or MatConvNet imagenet-vgg-verydeep-19.mat")
         warnings.warn(msg, stacklevel=3)
-        logger.warning(msg)
 
 
 class PerceptualLoss(nn.Module):
