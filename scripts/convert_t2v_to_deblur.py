@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from vdiffdeblur.models.convert_t2v import convert_text_to_video
-    from vdiffdeblur.video import atomic_replace, remove_path, temp_sibling
+    from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)
     try:
@@ -60,14 +60,8 @@ def main(argv=None) -> int:
             num_cond_frames=args.num_cond_frames, prediction_type=args.prediction_type, seed=args.seed,
             variant=args.variant,
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
-        try:
+        with writing_atomically(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
-            atomic_replace(tmp, out)
-        except BaseException:
-            remove_path(tmp)
-            raise
     except (ValueError, FileNotFoundError, OSError) as e:
         if args.verbose:
             raise

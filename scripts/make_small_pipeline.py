@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     from diffusers import AutoencoderKL
 
     from vdiffdeblur.models.small import make_small_pipeline
-    from vdiffdeblur.video import atomic_replace, remove_path, temp_sibling
+    from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -33,14 +33,8 @@ def main(argv=None) -> int:
         return 2
     vae = AutoencoderKL.from_pretrained(args.vae, use_safetensors=True)
     pipe = make_small_pipeline(vae, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    try:
+    with writing_atomically(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        atomic_replace(tmp, out)
-    except BaseException:
-        remove_path(tmp)
-        raise
     print(f"wrote the small starting DeblurVideoPipeline to {out}")
     return 0
 

@@ -22,21 +22,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from vdiffdeblur.models.tiny import make_tiny_pipeline
-    from vdiffdeblur.video import atomic_replace, remove_path, temp_sibling
+    from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         print(f"error: {out} exists (use --overwrite)", file=sys.stderr)
         return 2
     pipe = make_tiny_pipeline(seed=args.seed, prediction_type=args.prediction_type, num_tokens=args.num_tokens)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    try:
+    with writing_atomically(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        atomic_replace(tmp, out)
-    except BaseException:
-        remove_path(tmp)
-        raise
     print(f"wrote a tiny DeblurVideoPipeline to {out}")
     return 0
 

@@ -189,3 +189,23 @@ def test_probe_and_range_errors(tmp_path, natural_clip):
     assert (info.width, info.height, info.num_frames, info.codec) == (160, 120, 12, "ffv1")
     with pytest.raises(VideoError, match="outside"):
         read_video(path, 5, 40)
+
+
+def test_writing_atomically_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
+    from vdiffdeblur.video import writing_atomically
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with writing_atomically(out) as tmp:
+        assert tmp != out and tmp.parent == out.parent
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with writing_atomically(out) as tmp:
+            tmp.mkdir()
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no partial folder left
+    assert (out / "new.txt").read_text() == "new"

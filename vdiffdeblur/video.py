@@ -10,6 +10,7 @@ memory when a deblurring method consumes the frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -347,6 +348,21 @@ def atomic_replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def writing_atomically(final):
+    """Yield a temporary sibling path to write ``final`` into; on success it replaces ``final`` (file or folder) in
+    one rename, on any error it is removed, so a failed run never leaves a half-written output."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+        atomic_replace(tmp, final)
+    except BaseException:
+        remove_path(tmp)
+        raise
 
 
 class VideoWriter:
