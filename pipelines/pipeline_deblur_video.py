@@ -635,6 +635,9 @@ class DeblurVideoStream:
                           "latent" if output_latents else "pt", callback_on_step_end_tensor_inputs)
         self.residual_decode = bool(pipe.config.get("residual_decode", False) if residual_decode is None
                                     else residual_decode)
+        # the UNet's latents are residual_scale * (z_sharp - z_blurry) for folders trained that way
+        self.residual_scale = (float(pipe.config.get("residual_scale", 1.0))
+                               if pipe.config.get("residual_latents", False) else None)
         if window == 0:
             raise ValueError("a stream needs window_size >= 1")
         if height < 1 or width < 1:
@@ -761,9 +764,9 @@ class DeblurVideoStream:
     def _emit(self, latents: torch.Tensor, pixels: list[torch.Tensor], blur: list[torch.Tensor]) -> torch.Tensor:
         """Final latents of the first frames of the buffer -> output frames; `pixels` / `blur` are those frames'
         blurry input and its latents (for `residual_decode`)."""
-        if self.pipe.config.get("residual_latents", False):
-            scale = float(self.pipe.config.get("residual_scale", 1.0))
-            latents = latents / scale + torch.cat(blur, dim=2).to(device=latents.device, dtype=latents.dtype)
+        blur_latents = torch.cat(blur, dim=2).to(latents.device) if blur else None
+        if self.residual_scale is not None:
+            latents = latents / self.residual_scale + blur_latents.to(latents.dtype)
         if self.output_latents:
             return latents
         vae = self.pipe.vae
@@ -771,8 +774,7 @@ class DeblurVideoStream:
         video = crop_to(video, (self.height, self.width))
         if not self.residual_decode:
             return video
-        blur_latents = torch.cat(blur, dim=2).to(device=latents.device, dtype=vae.dtype)
-        blur_rec = crop_to(decode_video_latents(vae, blur_latents, chunk_size=self.decode_chunk_size),
+        blur_rec = crop_to(decode_video_latents(vae, blur_latents.to(vae.dtype), chunk_size=self.decode_chunk_size),
                            (self.height, self.width))
         inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
         return (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)

@@ -10,7 +10,7 @@ Options come from the YAML file and the command line (`--name value`); the logic
 
 import sys
 
-from vdiffdeblur.trainer.vae import main
+from vdiffdeblur.trainer.cli import vae_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(vae_main())

@@ -298,18 +298,3 @@ def vae_card(cfg: VAETrainConfig, summary: dict) -> str:
             f"{cfg.latent_channels} latent channels, {summary['parameters'] / 1e6:.2f}M parameters, scaling_factor "
             f"{summary['scaling_factor']:.4f}.\n\nReconstruction PSNR (posterior mode) on the held-out photos at "
             f"{w}x{h}:\n\n| photo | PSNR (dB) |\n|---|---:|\n{rows}\n| mean | {summary['eval_psnr_mean']:.2f} |\n")
-
-
-def main(argv=None) -> int:
-    """`training/train_vae.py`: parse, train, print one line; user errors exit 2 with one line."""
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = parse_vae_config(argv)
-        summary = train_vae(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"VAE done: EVAL reconstruction PSNR {summary['eval_psnr_mean']:.2f} dB; saved to {cfg.output_dir}/vae")
-    return 0
