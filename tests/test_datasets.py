@@ -230,3 +230,41 @@ def test_synthetic_still_clips_are_nearly_sharp_and_video_sources():
         SyntheticShakeDataset([video[:3]], num_clips=1, clip_len=4, crop=16, config=ShakeConfig(width=32, height=24))
     with pytest.raises(ValueError, match="larger than the synthetic frames"):
         SyntheticShakeDataset(["astronaut"], crop=128, config=SMALL)
+
+
+def test_augment_source_is_a_seeded_flipped_channel_permuted_sub_window():
+    from vdiffdeblur.data.shake_dataset import augment_source
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    a = augment_source(photo, np.random.default_rng(5), zoom=(0.5, 0.5))
+    assert np.array_equal(a, augment_source(photo, np.random.default_rng(5), zoom=(0.5, 0.5)))
+    assert sorted(a.shape[:2]) == [20, 30]  # half of each side, possibly a quarter turn
+    # undo: some channel order and one of the 8 flips / quarter turns of a 20x30 window of the photo
+    windows = {(t, l): photo[t:t + 20, l:l + 30] for t in range(21) for l in range(31)}
+    views = [np.rot90(w, k) for w in windows.values() for k in range(4)]
+    views += [v[:, ::-1] for v in views]
+    found = any(np.array_equal(a, v[..., perm]) for v in views if v.shape == a.shape
+                for perm in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]))
+    assert found
+    whole = augment_source(photo, np.random.default_rng(1))
+    assert sorted(whole.shape[:2]) == [40, 60] and sorted(whole.reshape(-1).tolist()) == sorted(photo.reshape(-1).tolist())
+    video = np.stack([photo, 255 - photo])  # a video: the same view for every frame
+    v = augment_source(video, np.random.default_rng(2), zoom=(0.6, 0.9))
+    assert np.array_equal(v[1], 255 - v[0])
+    with pytest.raises(ValueError, match="source_zoom"):
+        augment_source(photo, rng, zoom=(0.0, 1.0))
+
+
+def test_synthetic_augment_gives_each_clip_its_own_view_and_is_seeded():
+    kw = dict(sources=["astronaut"], num_clips=3, clip_len=3, crop=None, config=SMALL, frames_per_clip=4,
+              still_fraction=1.0)  # still clips: the frames show the (augmented) photo itself
+    plain = SyntheticShakeDataset(**kw)
+    aug, again = SyntheticShakeDataset(augment=True, source_zoom=(0.5, 1.0), **kw), \
+        SyntheticShakeDataset(augment=True, source_zoom=(0.5, 1.0), **kw)
+    assert np.array_equal(aug.clip(1)[2], again.clip(1)[2])
+    assert not np.array_equal(aug.clip(1)[2], plain.clip(1)[2])
+    means = [aug.clip(k)[2].reshape(-1, 3).mean(0) for k in range(3)]
+    assert not np.allclose(means[0], means[1], atol=1) or not np.allclose(means[1], means[2], atol=1)
+    with pytest.raises(ValueError, match="source_zoom"):
+        SyntheticShakeDataset(augment=True, source_zoom=(0.5, 1.5), **kw)

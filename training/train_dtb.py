@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "photos":
             p.add_argument("--photos", nargs="+", default=None, help="training photos (built-in names or paths)")
             continue
+        if f.name == "source_zoom":
+            p.add_argument("--source_zoom", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                           help=f"(default {default!r})")
+            continue
         kind = {bool: _bool, int: int, float: float}.get(type(default), str)
         if default is None or f.name in ("checkpoints_total_limit", "report_to", "resume_from_checkpoint", "init_from"):
             kind = _optional(int if f.name == "checkpoints_total_limit" else str)

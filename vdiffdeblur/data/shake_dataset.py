@@ -10,6 +10,12 @@ sharp, drawn from ``(seed, epoch, index)``. Clips are kept in memory once made (
 makes later epochs cheap; ``still_fraction`` of the clips are made without shake (only the slow pan),
 so a network also learns to leave sharp frames alone.
 
+With ``augment=True`` each clip sees its source differently (:func:`augment_source`, seeded by the clip):
+a random sub-window whose sides are a fraction in ``source_zoom`` of the source's (so the same photo appears
+at several scales and framings), one of the 8 flips / quarter turns, and the colour channels in a random
+order. The few built-in photos otherwise give one view each, and a network trained on them for long learns
+those views rather than deblurring (measured: see docs/dtb.md).
+
 By default the sources are :data:`~vdiffdeblur.data.synthetic.TRAIN_PHOTOS`; never train on
 :data:`~vdiffdeblur.data.synthetic.EVAL_PHOTOS`.
 
@@ -49,12 +55,31 @@ def _load_source(source):
     return (name if name.startswith("builtin:") or path.exists() else f"builtin:{name}"), load_photo(source)
 
 
+def augment_source(src: np.ndarray, rng: np.random.Generator, zoom=(1.0, 1.0)) -> np.ndarray:
+    """A photo (H, W, 3) or sharp video (F, H, W, 3), seen differently: a random sub-window with sides a fraction
+    ``rng.uniform(*zoom)`` of the source's (same aspect), a random one of the 8 flips / quarter turns, and the
+    colour channels in a random order. All of it is the same for every frame of a video."""
+    lo, hi = zoom
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"source_zoom must satisfy 0 < low <= high <= 1, got {tuple(zoom)}")
+    h, w = src.shape[-3:-1]
+    f = rng.uniform(lo, hi)
+    ch, cw = max(8, min(h, int(round(h * f)))), max(8, min(w, int(round(w * f))))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    out = src[..., top:top + ch, left:left + cw, :]
+    out = np.rot90(out, int(rng.integers(0, 4)), axes=(-3, -2))
+    if rng.random() < 0.5:
+        out = out[..., ::-1, :]
+    return np.ascontiguousarray(out[..., rng.permutation(3)])
+
+
 class SyntheticShakeDataset(Dataset):
     """Synthetic camera-shake clips with ground truth (see the module docstring)."""
 
     def __init__(self, sources=TRAIN_PHOTOS, num_clips: int = 64, clip_len: int = 13, crop=128,
                  config: ShakeConfig | None = None, frames_per_clip: int | None = None,
-                 samples_per_clip: int = 1, seed: int = 0, still_fraction: float = 0.0, cache: bool = True):
+                 samples_per_clip: int = 1, seed: int = 0, still_fraction: float = 0.0, cache: bool = True,
+                 augment: bool = False, source_zoom=(1.0, 1.0)):
         if isinstance(sources, (str, Path)) or (isinstance(sources, np.ndarray) and sources.ndim in (3, 4)):
             sources = [sources]
         if len(sources) == 0:
@@ -79,6 +104,9 @@ class SyntheticShakeDataset(Dataset):
         self.num_clips, self.clip_len, self.frames_per_clip = num_clips, clip_len, frames_per_clip
         self.samples_per_clip, self.seed, self.still_fraction = samples_per_clip, seed, still_fraction
         self.cache = cache
+        self.augment, self.source_zoom = bool(augment), tuple(float(v) for v in source_zoom)
+        if self.augment:
+            augment_source(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0), self.source_zoom)  # checks zoom
         self._clips: dict[int, tuple] = {}
         self.epoch = 0
         # which clips are still: a fixed, seeded choice
@@ -106,6 +134,8 @@ class SyntheticShakeDataset(Dataset):
         if src.ndim == 4 and len(src) > cfg.num_frames:
             s0 = int(np.random.default_rng([seed, 1]).integers(0, len(src) - cfg.num_frames + 1))
             src = src[s0:s0 + cfg.num_frames]
+        if self.augment:
+            src = augment_source(src, np.random.default_rng([seed, 2]), self.source_zoom)
         c = synthesize_shake(src, cfg, seed=seed)
         item = (f"{label}#{k}", c.blurry, c.sharp, c.blur_extent.astype(np.float32))
         if self.cache:

@@ -63,6 +63,8 @@ class DTBTrainConfig:
     num_clips: int = 64
     frames_per_clip: int = 24
     still_fraction: float = 0.1
+    augment: bool = False  # each synthetic clip sees a random sub-window, flip / quarter turn, channel order
+    source_zoom: tuple = (1.0, 1.0)  # with augment: the sub-window's side as a fraction of the photo's
     synth_width: int = 320
     synth_height: int = 240
     clip_len: int = 13
@@ -134,6 +136,8 @@ class DTBTrainConfig:
         d = dict(d)
         if "photos" in d and d["photos"] is not None:
             d["photos"] = tuple(d["photos"])
+        if "source_zoom" in d:
+            d["source_zoom"] = tuple(float(v) for v in d["source_zoom"])
         return cls(**d)
 
     def model_kwargs(self) -> dict:
@@ -153,7 +157,8 @@ def build_train_dataset(cfg: DTBTrainConfig, num_samples: int):
         per_clip = max(1, math.ceil(num_samples / cfg.num_clips))
         return SyntheticShakeDataset(sources=list(cfg.photos), num_clips=cfg.num_clips, clip_len=cfg.clip_len,
                                      crop=cfg.crop, config=shake, frames_per_clip=max(cfg.frames_per_clip, cfg.clip_len),
-                                     samples_per_clip=per_clip, seed=cfg.seed, still_fraction=cfg.still_fraction)
+                                     samples_per_clip=per_clip, seed=cfg.seed, still_fraction=cfg.still_fraction,
+                                     augment=cfg.augment, source_zoom=tuple(cfg.source_zoom))
     ds = PairedVideoDataset(cfg.train_data, layout=cfg.layout, clip_len=cfg.clip_len, crop=cfg.crop, seed=cfg.seed,
                             flip=True)
     ds.samples_per_sequence = max(1, math.ceil(num_samples / len(ds.sequences)))
