@@ -55,9 +55,13 @@ checkpoints-dtb: $(STAMP)
 checkpoints-fit: $(STAMP)
 	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml --steps 6000 --seed 0 --first_order true \
 	    --inner_lr 0.003 --reweight false --num_threads 1 --mixed_precision bf16 --checkpointing_steps 1500
+	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage2 --init $(WORK)/fit_maml --steps 10000 \
+	    --seed 1 --outer_lr 1e-4 --first_order true --inner_lr 0.003 --reweight false --num_threads 1 \
+	    --mixed_precision bf16 --checkpointing_steps 2000
 	mkdir -p $(SHIP)/fit_maml
-	cp $(WORK)/fit_maml/config.json $(WORK)/fit_maml/diffusion_pytorch_model.safetensors \
-	    $(WORK)/fit_maml/meta_train.json $(SHIP)/fit_maml/
+	cp $(WORK)/fit_maml/meta_train.json $(SHIP)/fit_maml/meta_train_stage1.json
+	cp $(WORK)/fit_maml_stage2/config.json $(WORK)/fit_maml_stage2/diffusion_pytorch_model.safetensors \
+	    $(WORK)/fit_maml_stage2/meta_train.json $(SHIP)/fit_maml/
 
 # Diffusion: a small VAE, then the pipeline's two stages, then shipping (measures it, writes the model card).
 # Outputs land in outputs/diffusion_* (the configs name them); ~35 min on one CPU thread.

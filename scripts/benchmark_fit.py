@@ -147,10 +147,15 @@ def curves(photo: str, seed: int, steps: int, threads: int) -> dict:
         curve, secs = _curve(clip.blurry, clip.sharp, hard, init, n)
         res["runs"][name] = {"init": init, "steps": n, "fit_s": round(secs, 1), "curve": curve}
     target = res["runs"]["random"]["curve"][-1][1]
-    reach = next((s for s, p in res["runs"]["maml"]["curve"] if p >= target), None)
+    curve = res["runs"]["maml"]["curve"]
+    reach = next((s for s, p in curve if p >= target), None)
+    # the curve is noisy while the learning rate is high: also the mark from which it never falls below again
+    stay = next((curve[i][0] for i in range(len(curve)) if all(p >= target for _, p in curve[i:])), None)
     res["random_final_psnr"] = target
     res["maml_steps_to_random_final"] = reach
     res["step_ratio"] = None if reach is None else round(reach / steps, 3)
+    res["maml_steps_to_stay_above_random_final"] = stay
+    res["stay_step_ratio"] = None if stay is None else round(stay / steps, 3)
     res["maml_short_final_psnr"] = res["runs"]["maml_short"]["curve"][-1][1]
     _curve_figure(res)
     return res

@@ -137,8 +137,12 @@ def test_the_shipped_initialisation():
     assert sum(files.values()) < 12 * 2 ** 20  # a few MB
     net = load_init("maml")
     assert isinstance(net, FitUNet)
-    info = json.loads((SHIPPED_INIT / "meta_train.json").read_text())
-    assert set(info["photos"]) <= set(TRAIN_PHOTOS) and set(info["photos"]).isdisjoint(EVAL_PHOTOS)
+    # every meta-training stage it came from saw training photos only
+    records = sorted(SHIPPED_INIT.glob("meta_train*.json"))
+    assert [r.name for r in records] == ["meta_train.json", "meta_train_stage1.json"]
+    for record in records:
+        info = json.loads(record.read_text())
+        assert set(info["photos"]) <= set(TRAIN_PHOTOS) and set(info["photos"]).isdisjoint(EVAL_PHOTOS)
     x = torch.rand(1, 3, 37, 45)
     with torch.no_grad():
         assert net(x).shape == x.shape
