@@ -25,7 +25,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Reproduce every shipped model (about 2.5 hours on 2 CPU cores): training runs go to outputs/, then the model
+# Reproduce every shipped model (about 3.3 hours on 2 CPU cores): training runs go to outputs/, then the model
 # files are copied over vdiffdeblur/checkpoints/ (hand-written model cards stay). One thread per process.
 WORK := outputs/checkpoints
 SHIP := vdiffdeblur/checkpoints
@@ -51,7 +51,7 @@ checkpoints-dtb: $(STAMP)
 	  cp $(WORK)/dtb-$$v-ft/training_log.json $$dst/stage2_training_log.json || exit 1; \
 	done
 
-# fit-to-test-data: the MAML initialisation (Algorithm 1, first order).
+# fit-to-test-data: the MAML initialisation (Algorithm 1, first order), two stages (~38 + 45 min).
 checkpoints-fit: $(STAMP)
 	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml --steps 6000 --seed 0 --first_order true \
 	    --inner_lr 0.003 --reweight false --num_threads 1 --mixed_precision bf16 --checkpointing_steps 1500
