@@ -159,91 +159,84 @@ def test_default_model_error_and_shipped_folder(tmp_path, monkeypatch):
     assert change[np.argmax(clip.blur_extent)] > 1e-3
 
 
-def test_residual_latents_add_the_blurry_latents_and_set_the_training_target():
-    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
-
-    parts = tiny_components(seed=3, prediction_type="v_prediction")  # v: the target depends on the latents
-    res = DeblurVideoPipeline(**parts, residual_latents=True)
-    plain = DeblurVideoPipeline(**parts)
-    for p in (res, plain):
+def _latents_against_plain(parts, seed, steps, **options):
+    """Latent output of a pipeline with ``options`` and of the plain one on the same clip and noise, and the
+    blurry clip's latents."""
+    pipe, plain = DeblurVideoPipeline(**parts, **options), DeblurVideoPipeline(**parts)
+    for p in (pipe, plain):
         p.set_progress_bar_config(disable=True)
-    clip = _clip(3, frames=2, h=8, w=8)
+    clip = _clip(seed, frames=2, h=8, w=8)
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    z_res = res(clip, num_inference_steps=2, output_type="latent", generator=g()).frames
-    z_plain = plain(clip, num_inference_steps=2, output_type="latent", generator=g()).frames
+    z = pipe(clip, num_inference_steps=steps, output_type="latent", generator=g()).frames
+    z_plain = plain(clip, num_inference_steps=steps, output_type="latent", generator=g()).frames
     x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
-    zb = res.encode_condition(x).latents
-    torch.testing.assert_close(z_res, z_plain + zb, atol=1e-5, rtol=0)
+    return pipe, z, z_plain, pipe.encode_condition(x).latents
 
-    # training targets the residual: a model whose prediction is the target of the residual has zero loss only then
-    class Echo(torch.nn.Module):
-        def __init__(self, target):
-            super().__init__()
-            self.target = target
 
-        def forward(self, noisy, blur_latents, t, blurry, **kw):
-            return self.target, None
-
-    from vdiffdeblur.losses import diffusion_target
+def _training_case(pipe, t: int):
+    """(scheduler, sharp, blurry, timesteps, z_sharp, z_blurry, noise) as ``compute_losses`` draws them with
+    ``torch.Generator().manual_seed(9)``."""
     from vdiffdeblur.models.conditioning import encode_video_latents
     from vdiffdeblur.trainer.components import training_scheduler
 
-    sched = training_scheduler(res.scheduler)
+    sched = training_scheduler(pipe.scheduler)
     sharp = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     blurry = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([500])
-    gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
     with torch.no_grad():
-        gg = gen()
-        zs = encode_video_latents(res.vae, sharp, generator=gg, sample=True)
-        zb = encode_video_latents(res.vae, blurry)
+        gg = torch.Generator().manual_seed(9)
+        zs = encode_video_latents(pipe.vae, sharp, generator=gg, sample=True)
+        zb = encode_video_latents(pipe.vae, blurry)
         noise = torch.randn(zs.shape, generator=gg)
+    return sched, sharp, blurry, torch.tensor([t]), zs, zb, noise
+
+
+class _Echo(torch.nn.Module):
+    """A stand-in UNet whose prediction is always ``target``."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def forward(self, *args, **kwargs):
+        return self.target, None
+
+
+def test_residual_latents_add_the_blurry_latents_and_set_the_training_target():
+    from vdiffdeblur.losses import diffusion_target
+    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
+
+    parts = tiny_components(seed=3, prediction_type="v_prediction")  # v: the target depends on the latents
+    res, z_res, z_plain, zb = _latents_against_plain(parts, 3, 2, residual_latents=True)
+    torch.testing.assert_close(z_res, z_plain + zb, atol=1e-5, rtol=0)
+
+    # training targets the residual: a model whose prediction is the target of the residual has zero loss only then
+    sched, sharp, blurry, t, zs, zb, noise = _training_case(res, 500)
     target = diffusion_target(sched, zs - zb, noise, t)
-    out = compute_losses(Echo(target), res.vae, sched, blurry, sharp, LossWeights(residual_latents=True), gen(),
+    gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    out = compute_losses(_Echo(target), res.vae, sched, blurry, sharp, LossWeights(residual_latents=True), gen(),
                          timesteps=t)
     assert float(out["diffusion"]) < 1e-10
-    out = compute_losses(Echo(target), res.vae, sched, blurry, sharp, LossWeights(), gen(), timesteps=t)
+    out = compute_losses(_Echo(target), res.vae, sched, blurry, sharp, LossWeights(), gen(), timesteps=t)
     assert float(out["diffusion"]) > 1e-4
 
 
 def test_residual_scale_divides_the_denoised_residual_and_scales_the_target():
     from vdiffdeblur.losses import diffusion_target
-    from vdiffdeblur.models.conditioning import encode_video_latents
-    from vdiffdeblur.trainer.components import training_scheduler
     from vdiffdeblur.trainer.objective import LossWeights, compute_losses
 
     parts = tiny_components(seed=4, prediction_type="v_prediction")
-    scaled = DeblurVideoPipeline(**parts, residual_latents=True, residual_scale=4.0)
-    plain = DeblurVideoPipeline(**parts)
-    for p in (scaled, plain):
-        p.set_progress_bar_config(disable=True)
-    clip = _clip(4, frames=2, h=8, w=8)
-    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    z = scaled(clip, num_inference_steps=1, output_type="latent", generator=g()).frames
-    z_plain = plain(clip, num_inference_steps=1, output_type="latent", generator=g()).frames
-    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 255
-    torch.testing.assert_close(z, z_plain / 4 + scaled.encode_condition(x).latents, atol=1e-5, rtol=0)
+    scaled, z, z_plain, zb = _latents_against_plain(parts, 4, 1, residual_latents=True, residual_scale=4.0)
+    torch.testing.assert_close(z, z_plain / 4 + zb, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="residual_scale"):
         DeblurVideoPipeline(**parts, residual_scale=0.0)
 
-    sched = training_scheduler(scaled.scheduler)
-    sharp = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    blurry = torch.rand(1, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    t = torch.tensor([700])
-    with torch.no_grad():
-        gg = torch.Generator().manual_seed(9)
-        zs = encode_video_latents(scaled.vae, sharp, generator=gg, sample=True)
-        zb = encode_video_latents(scaled.vae, blurry)
-        noise = torch.randn(zs.shape, generator=gg)
+    sched, sharp, blurry, t, zs, zb, noise = _training_case(scaled, 700)
     target = diffusion_target(sched, 4.0 * (zs - zb), noise, t)
-
-    class Echo(torch.nn.Module):
-        def forward(self, *a, **kw):
-            return target, None
-
     w = LossWeights(residual_latents=True, residual_scale=4.0)
-    out = compute_losses(Echo(), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9), timesteps=t)
+    out = compute_losses(_Echo(target), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9),
+                         timesteps=t)
     assert float(out["diffusion"]) < 1e-10
     w = LossWeights(residual_latents=True)
-    out = compute_losses(Echo(), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9), timesteps=t)
+    out = compute_losses(_Echo(target), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9),
+                         timesteps=t)
     assert float(out["diffusion"]) > 1e-6

@@ -55,13 +55,18 @@ def _load_source(source):
     return (name if name.startswith("builtin:") or path.exists() else f"builtin:{name}"), load_photo(source)
 
 
+def _check_source_zoom(zoom) -> tuple[float, float]:
+    lo, hi = (float(v) for v in zoom)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"source_zoom must satisfy 0 < low <= high <= 1, got {tuple(zoom)}")
+    return lo, hi
+
+
 def augment_source(src: np.ndarray, rng: np.random.Generator, zoom=(1.0, 1.0)) -> np.ndarray:
     """A photo (H, W, 3) or sharp video (F, H, W, 3), seen differently: a random sub-window with sides a fraction
     ``rng.uniform(*zoom)`` of the source's (same aspect), a random one of the 8 flips / quarter turns, and the
     colour channels in a random order. All of it is the same for every frame of a video."""
-    lo, hi = zoom
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"source_zoom must satisfy 0 < low <= high <= 1, got {tuple(zoom)}")
+    lo, hi = _check_source_zoom(zoom)
     h, w = src.shape[-3:-1]
     f = rng.uniform(lo, hi)
     ch, cw = max(8, min(h, int(round(h * f)))), max(8, min(w, int(round(w * f))))
@@ -104,9 +109,8 @@ class SyntheticShakeDataset(Dataset):
         self.num_clips, self.clip_len, self.frames_per_clip = num_clips, clip_len, frames_per_clip
         self.samples_per_clip, self.seed, self.still_fraction = samples_per_clip, seed, still_fraction
         self.cache = cache
-        self.augment, self.source_zoom = bool(augment), tuple(float(v) for v in source_zoom)
-        if self.augment:
-            augment_source(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0), self.source_zoom)  # checks zoom
+        self.augment = bool(augment)
+        self.source_zoom = _check_source_zoom(source_zoom) if self.augment else tuple(source_zoom)
         self._clips: dict[int, tuple] = {}
         self.epoch = 0
         # which clips are still: a fixed, seeded choice
