@@ -2,6 +2,8 @@
 
     python scripts/benchmark_fit.py quality   # `vdiffdeblur deblur --method fit` defaults on 4 photos x seeds
     python scripts/benchmark_fit.py curves    # PSNR against fitting step: shipped MAML init vs random init
+    python scripts/benchmark_fit.py curves --photos coffee chelsea --seeds 0 1   # every photo x seed; the
+        # first is drawn (docs/fit_psnr_vs_step.png) and kept under "curves", the others under "curves_more"
 
 ``quality`` runs the same commands a user would (``vdiffdeblur synth``, ``vdiffdeblur deblur --method fit``
 with its defaults, output written losslessly, then the scoring of ``vdiffdeblur eval``), each in its own
@@ -9,13 +11,14 @@ process, timing the deblur command's wall time; with the coffee seed-0 clip firs
 docs/fit_example.png.
 
 ``curves`` fits the same clip from the shipped MAML initialisation and from a random one and records, along
-the way, the PSNR of the blurriest third of frames (the network's output, before the per-frame strength),
+the way, the PSNR of the blurriest third of frames (the network's output, before the per-frame strength) for
+the weights the fit would end on if stopped there (the moving average of its iterates) and for the iterate,
 then fits from the MAML initialisation once more with a tenth of the steps (its own learning-rate schedule).
 It draws docs/fit_psnr_vs_step.png and reports the step at which MAML first reaches the random
-initialisation's final PSNR.
+initialisation's final PSNR and the step from which it stays at or above it.
 
-Both write their part of docs/fit_benchmark.json (``quality`` keeps the rows of clips it did not run again). Clips are 40 frames of 256x192 (the issue's check). Thread
-count: ``--threads`` (torch threads of every process; default 1, the measured figures in docs/fit.md say
+Both write their part of docs/fit_benchmark.json (``quality`` keeps the rows of clips it did not run
+again). Clips are 40 frames of 256x192 (the issue's check). Thread count: ``--threads`` (torch threads of every process; default 1, the measured figures in docs/fit.md say
 which).
 """
 
@@ -103,7 +106,9 @@ def _example_figure(clip: Path) -> None:
     plt.close(fig)
 
 
-def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, float]:
+def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, list, float]:
+    """PSNR of the blurriest third at the marks: of the weights the fit would end on if it stopped there (its
+    moving average) and of the current iterate."""
     import torch
 
     from vdiffdeblur.frames import as_frames_tensor, to_uint8_frames
@@ -112,26 +117,31 @@ def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, float]:
 
     xb = as_frames_tensor(blur[hard])
     marks = set(m for m in MARKS if m <= steps) | {steps}
-    curve = []
+    curve, iterate = [], []
+
+    def psnr_of(net):
+        net.eval()
+        with torch.no_grad():
+            out = torch.cat([net(xb[i:i + 4]).float().clamp(0, 1) for i in range(0, len(xb), 4)])
+        net.train()
+        return round(float(psnr(to_uint8_frames(out), sharp[hard]).mean()), 3)
 
     def measure(step, d):
         if step not in marks:
             return
-        d.unet.eval()
-        with torch.no_grad():
-            out = torch.cat([d.unet(xb[i:i + 4]).float().clamp(0, 1) for i in range(0, len(xb), 4)])
-        d.unet.train()
-        curve.append((step, round(float(psnr(to_uint8_frames(out), sharp[hard]).mean()), 3)))
-        print(init, steps, *curve[-1], flush=True)
+        iterate.append((step, psnr_of(d.unet)))
+        with d.averaged_weights() as net:
+            curve.append((step, psnr_of(net)))
+        print(init, steps, *curve[-1], iterate[-1][1], flush=True)
 
     d = FitToTestDeblurrer(init=init, config=FitConfig(steps=steps, num_threads=None), progress=False)
     measure(0, d)
     t0 = time.perf_counter()
     d.fit(blur, callback=measure)
-    return curve, time.perf_counter() - t0
+    return curve, iterate, time.perf_counter() - t0
 
 
-def curves(photo: str, seed: int, steps: int, threads: int) -> dict:
+def curves(photo: str, seed: int, steps: int, threads: int, figure: bool = True) -> dict:
     import torch
 
     from vdiffdeblur.data.synthetic import ShakeConfig, synthesize_shake
@@ -144,8 +154,9 @@ def curves(photo: str, seed: int, steps: int, threads: int) -> dict:
     res = {"photo": photo, "seed": seed, "threads": threads,
            "input_psnr_hard": round(float(psnr(clip.blurry[hard], clip.sharp[hard]).mean()), 3), "runs": {}}
     for name, init, n in (("maml", "maml", steps), ("random", "random", steps), ("maml_short", "maml", steps // 10)):
-        curve, secs = _curve(clip.blurry, clip.sharp, hard, init, n)
-        res["runs"][name] = {"init": init, "steps": n, "fit_s": round(secs, 1), "curve": curve}
+        curve, iterate, secs = _curve(clip.blurry, clip.sharp, hard, init, n)
+        res["runs"][name] = {"init": init, "steps": n, "fit_s": round(secs, 1), "curve": curve,
+                             "curve_iterate": iterate}
     target = res["runs"]["random"]["curve"][-1][1]
     curve = res["runs"]["maml"]["curve"]
     reach = next((s for s, p in curve if p >= target), None)
@@ -157,7 +168,8 @@ def curves(photo: str, seed: int, steps: int, threads: int) -> dict:
     res["maml_steps_to_stay_above_random_final"] = stay
     res["stay_step_ratio"] = None if stay is None else round(stay / steps, 3)
     res["maml_short_final_psnr"] = res["runs"]["maml_short"]["curve"][-1][1]
-    _curve_figure(res)
+    if figure:
+        _curve_figure(res)
     return res
 
 
@@ -171,6 +183,8 @@ def _curve_figure(res: dict) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     ax.plot(*zip(*runs["random"]["curve"]), "o-", ms=3, label="random initialisation")
     ax.plot(*zip(*runs["maml"]["curve"]), "s-", ms=3, label="shipped MAML initialisation")
+    ax.plot(*zip(*runs["maml"]["curve_iterate"]), ":", color="C1", lw=0.8,
+            label="MAML, the iterate (not its moving average)")
     ax.plot(*zip(*runs["maml_short"]["curve"]), "^-", ms=3,
             label=f"MAML, {runs['maml_short']['steps']}-step fit (own schedule)")
     ax.axhline(res["input_psnr_hard"], color="gray", ls=":", label="blurry input")
@@ -194,7 +208,7 @@ def _curve_figure(res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["quality", "curves"])
-    p.add_argument("--photos", nargs="+", default=["coffee", "chelsea", "motorcycle", "coins"])
+    p.add_argument("--photos", nargs="+", help="evaluation photos (quality: all four; curves: coffee)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=1000, help="curves: fitting steps of the two full runs")
     p.add_argument("--threads", type=int, default=1)
@@ -203,6 +217,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from vdiffdeblur.data.synthetic import EVAL_PHOTOS
 
+    a.photos = a.photos or (["coffee", "chelsea", "motorcycle", "coins"] if a.what == "quality" else ["coffee"])
     if not set(a.photos) <= set(EVAL_PHOTOS):
         p.error(f"use evaluation photos only (the MAML initialisation saw the others): {EVAL_PHOTOS}")
     path = Path(a.json)
@@ -219,10 +234,18 @@ def main(argv=None) -> int:
                    frames_worse=int(sum(r["frames_worse"] for r in rows)),
                    mean_wall_s=round(float(np.mean([r["wall_s"] for r in rows])), 1))
         report["quality"] = new
-    else:
-        report["curves"] = curves(a.photos[0], a.seeds[0], a.steps, a.threads)
+    else:  # the first clip is drawn and kept under "curves", any further ones under "curves_more"
+        clips = [(photo, seed) for seed in a.seeds for photo in a.photos]
+        report["curves"] = curves(*clips[0], a.steps, a.threads)
+        more = {f"{ph}_{sd}": r for ph, sd, r in (
+            (ph, sd, curves(ph, sd, a.steps, a.threads, figure=False)) for ph, sd in clips[1:])}
+        if more:
+            report["curves_more"] = {**report.get("curves_more", {}), **more}
+        for r in [report["curves"], *more.values()]:
+            print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in report[a.what].items() if k not in ("clips", "runs")}, indent=1))
+    if a.what == "quality":
+        print(json.dumps({k: v for k, v in report["quality"].items() if k != "clips"}, indent=1))
     return 0
 
 

@@ -262,6 +262,38 @@ def test_fit_step_uses_the_reweighted_loss(tmp_path, monkeypatch):
     assert calls == []
 
 
+
+@pytest.mark.parametrize("decay", [0.5, None])
+def test_fit_ends_on_the_moving_average_of_its_iterates(tmp_path, decay):
+    video = textured_video(n=6, sharp=(3,))
+    iterates, inside = [], []
+
+    def record(step, d):
+        iterates.append([p.detach().clone() for p in d.unet.parameters()])
+        with d.averaged_weights() as net:  # what the fit would end on now, then the iterate again
+            inside.append([p.detach().clone() for p in net.parameters()])
+        assert all(torch.equal(p, q) for p, q in zip(d.unet.parameters(), iterates[-1]))
+
+    d = FitToTestDeblurrer(init=tiny_init(tmp_path), progress=False,
+                           config=FitConfig(steps=6, batch_size=2, patch_size=24, ema_decay=decay))
+    start = [p.detach().clone() for p in d.unet.parameters()]
+    d.fit(video, callback=record)
+    final = list(d.unet.parameters())
+    if decay is None:
+        assert all(torch.equal(p, q) for p, q in zip(final, iterates[-1]))
+        assert all(torch.equal(p, q) for p, q in zip(inside[-1], iterates[-1]))
+        return
+    # diffusers' EMAModel: after update n the average moves by 1 - min(decay, n / (n + 9)) towards the iterate
+    avg = start
+    for n, it in enumerate(iterates, 1):
+        k = 0.0 if n == 1 else min(decay, n / (n + 9))
+        avg = [k * a + (1 - k) * p for a, p in zip(avg, it)]
+        assert all(torch.allclose(a, q, atol=1e-6) for a, q in zip(avg, inside[n - 1]))
+    assert all(torch.allclose(a, p.detach(), atol=1e-6) for a, p in zip(avg, final))
+    assert not all(torch.equal(p, q) for p, q in zip(final, iterates[-1]))  # an average, not the last iterate
+    with pytest.raises(ValueError, match="ema_decay"):
+        FitConfig(ema_decay=1.0)
+
 # ------------------------------------------------------------------------------------------ perceptual loss
 def _fake_vgg19_state_dict(seed=0):
     from vdiffdeblur.models.vgg import VGGFeatures

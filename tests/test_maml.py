@@ -139,7 +139,7 @@ def test_the_shipped_initialisation():
     assert isinstance(net, FitUNet)
     # every meta-training stage it came from saw training photos only
     records = sorted(SHIPPED_INIT.glob("meta_train*.json"))
-    assert [r.name for r in records] == ["meta_train.json", "meta_train_stage1.json"]
+    assert [r.name for r in records] == ["meta_train.json", "meta_train_stage1.json", "meta_train_stage2.json"]
     for record in records:
         info = json.loads(record.read_text())
         assert set(info["photos"]) <= set(TRAIN_PHOTOS) and set(info["photos"]).isdisjoint(EVAL_PHOTOS)
