@@ -283,7 +283,7 @@ def test_fit_ends_on_the_moving_average_of_its_iterates(tmp_path, decay):
         assert all(torch.equal(p, q) for p, q in zip(final, iterates[-1]))
         assert all(torch.equal(p, q) for p, q in zip(inside[-1], iterates[-1]))
         return
-    # diffusers' EMAModel: after update n the average moves by 1 - min(decay, n / (n + 9)) towards the iterate
+    # warmed up as diffusers' EMAModel: update n moves the average by 1 - min(decay, n / (n + 9)) towards the iterate
     avg = start
     for n, it in enumerate(iterates, 1):
         k = 0.0 if n == 1 else min(decay, n / (n + 9))

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..blur import linear_motion_kernel, linear_to_srgb, random_trajectory_kernel, srgb_to_linear
@@ -88,8 +89,8 @@ class FitConfig:
     lr_schedule: str = "cosine"  # "cosine" (decay to zero over the fit) or "constant", after a linear warm-up
     warmup: float = 0.05  # share of the steps spent warming the learning rate up
     max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
-    ema_decay: float | None = 0.95  # the fit ends on an exponential moving average of its iterates (diffusers'
-    # EMAModel, decay warmed up as (1 + n) / (10 + n)); None: on the last iterate. See docs/fit.md
+    ema_decay: float | None = 0.95  # the fit ends on an exponential moving average of its iterates (decay warmed
+    # up as in diffusers' EMAModel, see warmed_up_ema); None: on the last iterate. See docs/fit.md
     adaptation_steps: int | None = None  # MAML inner-update steps first (None: as meta-trained; MAML inits only)
     mixed_precision: str = "auto"  # "bf16", "no", or "auto" (bf16 on CPU)
     num_threads: int | str | None = "auto"  # CPU threads while fitting/deblurring: a number, None (torch's
@@ -441,6 +442,19 @@ def resolve_device(device="auto") -> torch.device:
     return torch.device(device)
 
 
+def warmed_up_ema(decay: float):
+    """``avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an exponential moving average whose decay
+    is warmed up as in diffusers' ``EMAModel``, min(decay, (1 + n) / (10 + n)) at its n-th update (the first
+    update copies), so that early iterates are not held for long."""
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged) + 1.0
+        d = min(decay, n / (n + 9.0))
+        return averaged + (current - averaged) * (1.0 - d)
+
+    return avg_fn
+
+
 # ============================================================================ the method
 class FitToTestDeblurrer:
     """Fit a FitUNet to a video's sharp frames, then deblur every frame.
@@ -500,17 +514,9 @@ class FitToTestDeblurrer:
 
     @contextmanager
     def averaged_weights(self):
-        """Inside, ``self.unet`` holds the moving average the fit will end on (for a ``callback`` that measures
-        the network mid-fit); outside, the current iterate again. Without a running average: no change."""
-        if self.ema is None:
-            yield self.unet
-            return
-        self.ema.store(self.unet.parameters())
-        self.ema.copy_to(self.unet.parameters())
-        try:
-            yield self.unet
-        finally:
-            self.ema.restore(self.unet.parameters())
+        """Yields the network the fit would end on if it stopped now (the moving average of its iterates; for a
+        ``callback`` that measures the fit as it goes); without a running average, ``self.unet`` itself."""
+        yield self.ema.module if self.ema is not None else self.unet
 
     # ------------------------------------------------------------------ fitting
     def fit(self, video, callback=None) -> "FitToTestDeblurrer":
@@ -561,10 +567,9 @@ class FitToTestDeblurrer:
         copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9)) if cfg.critic else None
         # Why an average: while the learning rate is high the iterate's PSNR swings by +-0.3 dB from one 25-step
         # mark to the next (docs/fit.md); the average is steadier and, at the end of the cosine, the same.
-        if cfg.ema_decay and steps:
-            from diffusers.training_utils import EMAModel  # imported here: it takes seconds, fitting minutes
-
-            self.ema = EMAModel(net.parameters(), decay=cfg.ema_decay)
+        # torch's AveragedModel with diffusers' EMAModel decay: importing diffusers.training_utils would pull in
+        # transformers and accelerate (+120 MB resident, measured) for a dozen lines of arithmetic
+        self.ema = AveragedModel(net, avg_fn=warmed_up_ema(cfg.ema_decay)) if cfg.ema_decay and steps else None
         bar = tqdm(range(1, steps + 1), desc="fit", unit="step", disable=not self.progress or steps == 0)
         for step in bar:
             batch = sample_patches(frames, cfg.batch_size, cfg.patch_size, rng, lengths=lengths, kind=cfg.kernel,
@@ -599,14 +604,16 @@ class FitToTestDeblurrer:
                 closs.backward()
                 copt.step()
             if self.ema is not None:
-                self.ema.step(net.parameters())
+                self.ema.update_parameters(net)
             self.history.append((len(self.history) + 1, float(loss.detach())))
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if callback is not None:
                 callback(step, self)
         if self.ema is not None:
-            self.ema.copy_to(net.parameters())
+            with torch.no_grad():
+                for p, q in zip(net.parameters(), self.ema.module.parameters()):
+                    p.copy_(q)
             self.ema = None
         net.eval()
 
