@@ -130,8 +130,7 @@ def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, list, float]
         if step not in marks:
             return
         iterate.append((step, psnr_of(d.unet)))
-        with d.averaged_weights() as net:
-            curve.append((step, psnr_of(net)))
+        curve.append((step, psnr_of(d.averaged_unet)))
         print(init, steps, *curve[-1], iterate[-1][1], flush=True)
 
     d = FitToTestDeblurrer(init=init, config=FitConfig(steps=steps, num_threads=None), progress=False)
@@ -237,8 +236,7 @@ def main(argv=None) -> int:
     else:  # the first clip is drawn and kept under "curves", any further ones under "curves_more"
         clips = [(photo, seed) for seed in a.seeds for photo in a.photos]
         report["curves"] = curves(*clips[0], a.steps, a.threads)
-        more = {f"{ph}_{sd}": r for ph, sd, r in (
-            (ph, sd, curves(ph, sd, a.steps, a.threads, figure=False)) for ph, sd in clips[1:])}
+        more = {f"{ph}_{sd}": curves(ph, sd, a.steps, a.threads, figure=False) for ph, sd in clips[1:]}
         if more:
             report["curves_more"] = {**report.get("curves_more", {}), **more}
         for r in [report["curves"], *more.values()]:

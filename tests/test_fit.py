@@ -270,8 +270,7 @@ def test_fit_ends_on_the_moving_average_of_its_iterates(tmp_path, decay):
 
     def record(step, d):
         iterates.append([p.detach().clone() for p in d.unet.parameters()])
-        with d.averaged_weights() as net:  # what the fit would end on now, then the iterate again
-            inside.append([p.detach().clone() for p in net.parameters()])
+        inside.append([p.detach().clone() for p in d.averaged_unet.parameters()])  # what the fit would end on now
         assert all(torch.equal(p, q) for p, q in zip(d.unet.parameters(), iterates[-1]))
 
     d = FitToTestDeblurrer(init=tiny_init(tmp_path), progress=False,

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..blur import linear_motion_kernel, linear_to_srgb, random_trajectory_kernel, srgb_to_linear
@@ -443,16 +443,15 @@ def resolve_device(device="auto") -> torch.device:
 
 
 def warmed_up_ema(decay: float):
-    """``avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: an exponential moving average whose decay
-    is warmed up as in diffusers' ``EMAModel``, min(decay, (1 + n) / (10 + n)) at its n-th update (the first
-    update copies), so that early iterates are not held for long."""
+    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: torch's EMA update with the decay warmed
+    up as in diffusers' ``EMAModel``, min(decay, (1 + n) / (10 + n)) at the n-th update (the first copies), so
+    that early iterates are not held for long."""
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        n = float(num_averaged) + 1.0
-        d = min(decay, n / (n + 9.0))
-        return averaged + (current - averaged) * (1.0 - d)
+    def update(averaged, current, num_averaged) -> None:
+        n = float(num_averaged) + 1.0  # one read per step and parameter group
+        get_ema_multi_avg_fn(min(decay, n / (n + 9.0)))(averaged, current, num_averaged)
 
-    return avg_fn
+    return update
 
 
 # ============================================================================ the method
@@ -512,11 +511,11 @@ class FitToTestDeblurrer:
         grid, share = self.strength_table
         return np.where(lengths >= self.config.min_blur, np.interp(lengths, grid, share), 0.0)
 
-    @contextmanager
-    def averaged_weights(self):
-        """Yields the network the fit would end on if it stopped now (the moving average of its iterates; for a
+    @property
+    def averaged_unet(self):
+        """The network the fit would end on if it stopped now (the moving average of its iterates; for a
         ``callback`` that measures the fit as it goes); without a running average, ``self.unet`` itself."""
-        yield self.ema.module if self.ema is not None else self.unet
+        return self.ema.module if self.ema is not None else self.unet
 
     # ------------------------------------------------------------------ fitting
     def fit(self, video, callback=None) -> "FitToTestDeblurrer":
@@ -565,11 +564,10 @@ class FitToTestDeblurrer:
                 torch.manual_seed(cfg.seed + 1)
                 self.critic = PatchCritic().to(self.device)
         copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9)) if cfg.critic else None
-        # Why an average: while the learning rate is high the iterate's PSNR swings by +-0.3 dB from one 25-step
-        # mark to the next (docs/fit.md); the average is steadier and, at the end of the cosine, the same.
-        # torch's AveragedModel with diffusers' EMAModel decay: importing diffusers.training_utils would pull in
-        # transformers and accelerate (+120 MB resident, measured) for a dozen lines of arithmetic
-        self.ema = AveragedModel(net, avg_fn=warmed_up_ema(cfg.ema_decay)) if cfg.ema_decay and steps else None
+        # The iterate's PSNR swings by +-0.3 dB while the learning rate is high (docs/fit.md); the average does
+        # not, and equals it at the end of the cosine. Not diffusers' EMAModel: its module imports transformers
+        # and accelerate (+120 MB resident, measured).
+        self.ema = AveragedModel(net, multi_avg_fn=warmed_up_ema(cfg.ema_decay)) if cfg.ema_decay and steps else None
         bar = tqdm(range(1, steps + 1), desc="fit", unit="step", disable=not self.progress or steps == 0)
         for step in bar:
             batch = sample_patches(frames, cfg.batch_size, cfg.patch_size, rng, lengths=lengths, kind=cfg.kernel,
@@ -611,9 +609,7 @@ class FitToTestDeblurrer:
             if callback is not None:
                 callback(step, self)
         if self.ema is not None:
-            with torch.no_grad():
-                for p, q in zip(net.parameters(), self.ema.module.parameters()):
-                    p.copy_(q)
+            net.load_state_dict(self.ema.module.state_dict())
             self.ema = None
         net.eval()
 
