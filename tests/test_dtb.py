@@ -336,7 +336,7 @@ def _coffee_row(path=None):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 6 asks for >= +1.5 dB on the blurriest third; the shipped checkpoint "
-                   "(width 32, ~39 min of training on one shared CPU core) reaches +0.66 dB: see docs/dtb.md")
+                   "(width 32, ~74 min of training on one shared CPU core) reaches +1.10 dB: see docs/dtb.md")
 def test_shipped_checkpoint_meets_the_issue_bar():
     r = _coffee_row()
     assert r["gain_hard"] >= 1.5 and r["worst_loss"] <= 0.5
@@ -346,8 +346,8 @@ def test_shipped_checkpoint_meets_the_issue_bar():
 def test_shipped_checkpoint_helps_and_does_no_harm_on_an_evaluation_photo():
     """builtin:coffee (never trained on), 40 frames, streamed as the CLI runs it, network alone (no guard)."""
     r = _coffee_row()
-    assert r["gain_hard"] >= 0.5, r
-    assert r["gain_all"] > 0.2, r
+    assert r["gain_hard"] >= 0.9, r  # measured +1.10
+    assert r["gain_all"] > 0.4, r  # +0.60
     assert r["worst_loss"] <= 0.5, r  # no frame made worse by more than 0.5 dB
 
 

@@ -98,6 +98,21 @@ def test_photo_tasks_use_training_photos_only_and_two_blurs_of_the_same_patches(
     assert (low(t.query) - low(t.target)).abs().mean() < 0.08
     again = tasks.sample(np.random.default_rng(0), torch.Generator().manual_seed(0))
     assert torch.equal(again.support, t.support)  # seeded
+
+
+def test_photo_tasks_add_dead_leaves_pictures_but_validate_on_photos():
+    from vdiffdeblur.methods.maml import validation_tasks
+
+    cfg = MetaConfig(patch_size=32, patches_per_task=2, max_length=12, scales=(0.5,))
+    plain = PhotoTasks(["astronaut"], cfg)
+    mixed = PhotoTasks(["astronaut"], MetaConfig(**{**cfg.__dict__, "dead_leaves": 3}))
+    assert len(plain.images) == plain.num_photo_images == mixed.num_photo_images == 1
+    assert len(mixed.images) == 4 and tuple(mixed.images[1].shape) == (3, 192, 256)  # 384x512 at scale 0.5
+    assert torch.equal(mixed.images[0], plain.images[0]) and not torch.equal(mixed.images[1], mixed.images[2])
+    a, b = validation_tasks(plain, n=3), validation_tasks(mixed, n=3)
+    assert all(torch.equal(x.target, y.target) for x, y in zip(a, b))  # the same photo draws
+    with pytest.raises(ValueError, match="dead_leaves"):
+        MetaConfig(dead_leaves=-1)
     assert set(TRAIN_PHOTOS).isdisjoint(EVAL_PHOTOS)
 
 
@@ -139,7 +154,8 @@ def test_the_shipped_initialisation():
     assert isinstance(net, FitUNet)
     # every meta-training stage it came from saw training photos only
     records = sorted(SHIPPED_INIT.glob("meta_train*.json"))
-    assert [r.name for r in records] == ["meta_train.json", "meta_train_stage1.json", "meta_train_stage2.json"]
+    assert [r.name for r in records] == ["meta_train.json", "meta_train_stage1.json", "meta_train_stage2.json",
+                                         "meta_train_stage3.json"]
     for record in records:
         info = json.loads(record.read_text())
         assert set(info["photos"]) <= set(TRAIN_PHOTOS) and set(info["photos"]).isdisjoint(EVAL_PHOTOS)

@@ -16,6 +16,10 @@ at several scales and framings), one of the 8 flips / quarter turns, and the col
 order. The few built-in photos otherwise give one view each, and a network trained on them for long learns
 those views rather than deblurring (measured: see docs/dtb.md).
 
+The source name ``"dead_leaves"`` stands for a new procedural dead-leaves picture per clip
+(:func:`vdiffdeblur.data.dead_leaves.dead_leaves`, seeded by the clip, twice the clip's size, with leaves
+textured by the dataset's photo sources): unlimited new scenes. Repeat it in ``sources`` to raise its share.
+
 By default the sources are :data:`~vdiffdeblur.data.synthetic.TRAIN_PHOTOS`; never train on
 :data:`~vdiffdeblur.data.synthetic.EVAL_PHOTOS`.
 
@@ -36,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..video import read_video
+from .dead_leaves import DEAD_LEAVES, dead_leaves
 from .paired import DatasetError, to_float_clip
 from .synthetic import TRAIN_PHOTOS, ShakeConfig, load_photo, synthesize_shake
 
@@ -43,10 +48,13 @@ logger = logging.getLogger(__name__)
 
 
 def _load_source(source):
-    """A source -> (label, uint8 photo (H, W, 3) or sharp video (F, H, W, 3))."""
+    """A source -> (label, uint8 photo (H, W, 3) or sharp video (F, H, W, 3)); (DEAD_LEAVES, None) for the
+    procedural source, made per clip."""
     if isinstance(source, np.ndarray):
         return f"<array {source.shape}>", source
     name = str(source)
+    if name == DEAD_LEAVES:
+        return DEAD_LEAVES, None
     path = Path(name)
     if not name.startswith("builtin:") and path.exists() and (path.is_dir() or path.suffix.lower() not in
                                                                (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
@@ -102,8 +110,9 @@ class SyntheticShakeDataset(Dataset):
             raise ValueError(f"crop {self.crop[1]}x{self.crop[0]} is larger than the synthetic frames "
                              f"{self.config.width}x{self.config.height}")
         self.sources = [_load_source(s) for s in sources]
+        self._textures = [arr for _, arr in self.sources if arr is not None and arr.ndim == 3]
         for label, arr in self.sources:
-            if arr.ndim == 4 and len(arr) < frames_per_clip:
+            if arr is not None and arr.ndim == 4 and len(arr) < frames_per_clip:
                 raise DatasetError(f"source {label}: a sharp video of {len(arr)} frames is shorter than "
                                    f"frames_per_clip={frames_per_clip}")
         self.num_clips, self.clip_len, self.frames_per_clip = num_clips, clip_len, frames_per_clip
@@ -135,6 +144,8 @@ class SyntheticShakeDataset(Dataset):
         cfg = self.config
         if k in self._still:
             cfg = replace(cfg, shake_px=0.0, rotation_deg=0.0, zoom=0.0)
+        if src is None:
+            src = dead_leaves(2 * cfg.height, 2 * cfg.width, np.random.default_rng([seed, 4]), textures=self._textures)
         if src.ndim == 4 and len(src) > cfg.num_frames:
             s0 = int(np.random.default_rng([seed, 1]).integers(0, len(src) - cfg.num_frames + 1))
             src = src[s0:s0 + cfg.num_frames]

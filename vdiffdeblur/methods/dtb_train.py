@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.paired import PairedVideoDataset
+from ..data.dead_leaves import DEAD_LEAVES
 from ..data.shake_dataset import SyntheticShakeDataset
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, synthesize_shake
 from ..models.dtb import DTBNet
@@ -173,7 +174,8 @@ def validation_clips(cfg: DTBTrainConfig) -> list:
     """Held-out clips for monitoring: training photos with seeds the training clips do not use (the evaluation
     photos stay untouched, so no choice is ever made on them)."""
     shake = ShakeConfig(num_frames=cfg.validation_frames, width=cfg.synth_width, height=cfg.synth_height)
-    photos = list(cfg.photos) if cfg.train_data == "synthetic" else list(TRAIN_PHOTOS)
+    photos = [p for p in cfg.photos if p != DEAD_LEAVES] if cfg.train_data == "synthetic" else []
+    photos = photos or list(TRAIN_PHOTOS)  # procedural pictures change with the seed: validate on photos
     return [synthesize_shake(photos[i % len(photos)], shake, seed=10_000 + cfg.seed * 100 + i)
             for i in range(cfg.num_validation_clips)]
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from ..data.dead_leaves import dead_leaves
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
 from ..losses import patch_sharpness, reweight
 from ..sharpness import laplacian_variance
@@ -50,8 +51,11 @@ class MetaConfig:
     reweight: bool = True
     noise_sigma: tuple[float, float] = (0.0, 2.0 / 255)  # sensor noise range of the blurred patches
     scales: tuple[float, ...] = (0.4, 0.55, 0.7, 0.85, 1.0)  # photo scales (frames show photos at ~1/2)
+    dead_leaves: int = 0  # procedural dead-leaves pictures added to p(I) (textured with the photos)
 
     def __post_init__(self):
+        if self.dead_leaves < 0:
+            raise ValueError(f"dead_leaves must be >= 0, got {self.dead_leaves}")
         if self.inner_steps < 1 or self.tasks_per_step < 1 or self.patches_per_task < 1:
             raise ValueError("inner_steps, tasks_per_step and patches_per_task must be >= 1")
         if self.inner_lr <= 0:
@@ -68,7 +72,9 @@ class Task:
 
 class PhotoTasks:
     """p(I) over photos: by default the built-in training photos (never an evaluation photo), each kept at
-    several scales. ``sample(rng)`` makes one task."""
+    several scales, plus ``config.dead_leaves`` procedural pictures (:func:`~vdiffdeblur.data.dead_leaves.
+    dead_leaves`, 384x512, seeded by their number, leaves textured with the photos), also at those scales.
+    ``sample(rng)`` makes one task; ``sample(rng, photos_only=True)`` draws from the photos only."""
 
     def __init__(self, photos=TRAIN_PHOTOS, config: MetaConfig | None = None, allow_eval_photos: bool = False):
         self.config = config or MetaConfig()
@@ -79,8 +85,12 @@ class PhotoTasks:
         self.images: list[torch.Tensor] = []
         self.norms: list[float] = []
         need = self.config.patch_size + 2 * (int(self.config.max_length) + 4)
-        for p in photos:
-            img = load_photo(f"builtin:{p}" if isinstance(p, str) and ":" not in p else p)
+        loaded = [load_photo(f"builtin:{p}" if isinstance(p, str) and ":" not in p else p) for p in photos]
+        procedural = [dead_leaves(384, 512, np.random.default_rng([j, 11]), textures=loaded)
+                      for j in range(self.config.dead_leaves)]
+        for k, img in enumerate(loaded + procedural):
+            if k == len(loaded):
+                self.num_photo_images = len(self.images)
             for s in self.config.scales:
                 h, w = img.shape[:2]
                 if min(h, w) * s < need:
@@ -89,6 +99,8 @@ class PhotoTasks:
                 t = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
                 self.images.append(t)
                 self.norms.append(float(laplacian_variance(t[None])[0]) or 1.0)
+        if not procedural:
+            self.num_photo_images = len(self.images)
         if not self.images:
             raise ValueError(f"no photo is large enough for {self.config.patch_size} px patches")
 
@@ -102,9 +114,10 @@ class PhotoTasks:
                 out.append(float(math.exp(rng.uniform(0.0, math.log(cfg.max_length)))))
         return out
 
-    def sample(self, rng: np.random.Generator, generator: torch.Generator | None = None) -> Task:
+    def sample(self, rng: np.random.Generator, generator: torch.Generator | None = None,
+               photos_only: bool = False) -> Task:
         cfg = self.config
-        i = int(rng.integers(len(self.images)))
+        i = int(rng.integers(self.num_photo_images if photos_only else len(self.images)))
         n = cfg.patches_per_task
         k1 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
         k2 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
@@ -187,9 +200,10 @@ class MetaTrainConfig:
 
 
 def validation_tasks(tasks: PhotoTasks, n: int = 4, seed: int = 12345) -> list[Task]:
-    """Fixed held-out draws (their own seed) from the training photos, to follow progress."""
+    """Fixed held-out draws (their own seed) from the training photos, to follow progress (the same draws
+    with or without procedural pictures in p(I))."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    return [tasks.sample(rng, gen) for _ in range(n)]
+    return [tasks.sample(rng, gen, photos_only=True) for _ in range(n)]
 
 
 @torch.no_grad()

@@ -1,0 +1,71 @@
+"""Procedural dead-leaves pictures and the ``dead_leaves`` training source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vdiffdeblur.data import ShakeConfig, SyntheticShakeDataset, synthesize_shake
+from vdiffdeblur.data.dead_leaves import DEAD_LEAVES, _radii, dead_leaves
+
+
+def test_dead_leaves_is_seeded_and_sized():
+    a = dead_leaves(40, 56, np.random.default_rng(0))
+    assert a.shape == (40, 56, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, dead_leaves(40, 56, np.random.default_rng(0)))
+    assert not np.array_equal(a, dead_leaves(40, 56, np.random.default_rng(1)))
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 50  # many leaves, not a flat picture
+    with pytest.raises(ValueError, match="8x8"):
+        dead_leaves(4, 56)
+    with pytest.raises(ValueError, match="alpha"):
+        dead_leaves(40, 56, alpha=1.0)
+
+
+def test_leaf_radii_follow_the_power_law():
+    rmin, rmax, alpha = 2.0, 100.0, 2.5
+    r = _radii(np.random.default_rng(0), 200_000, rmin, rmax, alpha)
+    assert r.min() >= rmin and r.max() <= rmax
+    a = 1 - alpha
+    for q in (3.0, 10.0, 40.0):  # P(R > q) of the density ~ r^-alpha on [rmin, rmax]
+        expected = (rmax ** a - q ** a) / (rmax ** a - rmin ** a)
+        assert abs((r > q).mean() - expected) < 0.005
+
+
+def test_textured_leaves_copy_the_texture_photos():
+    """With only textured leaves (and colours from the texture), every colour comes from the texture photo:
+    a grey photo gives a grey picture, whatever the channel order."""
+    grey = np.repeat(np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)
+    pic = dead_leaves(48, 48, np.random.default_rng(2), textures=[grey], texture_fraction=1.0, rmin=6.0)
+    plain = dead_leaves(48, 48, np.random.default_rng(2))
+    spread = lambda p: int(np.abs(p.astype(int) - p.mean(2, keepdims=True)).max())  # noqa: E731
+    assert spread(plain) > 40
+    # colours: 70% from the texture, 30% uniform but part-desaturated; the greys dominate
+    assert np.mean(np.abs(pic.astype(int) - pic.mean(2, keepdims=True)) < 3) > 0.5
+
+
+def test_dataset_makes_a_new_dead_leaves_scene_per_clip():
+    kw = dict(sources=["astronaut", DEAD_LEAVES], num_clips=4, clip_len=2, crop=None,
+              config=ShakeConfig(width=64, height=48), frames_per_clip=2, still_fraction=1.0)
+    ds, again = SyntheticShakeDataset(**kw), SyntheticShakeDataset(**kw)
+    names = [ds.clip(k)[0] for k in range(4)]
+    assert names[1] == "dead_leaves#1" and names[3] == "dead_leaves#3" and names[0].endswith("astronaut#0")
+    assert np.array_equal(ds.clip(1)[2], again.clip(1)[2])  # seeded by the clip
+    assert np.abs(ds.clip(1)[2][0].astype(int) - ds.clip(3)[2][0].astype(int)).mean() > 20  # another scene
+    item = ds[1]
+    assert item["sharp"].shape == (2, 3, 48, 64)
+
+
+def test_dtb_trainer_takes_dead_leaves_and_validates_on_photos(tmp_path):
+    from vdiffdeblur.methods.dtb_train import DTBTrainConfig, train, validation_clips
+
+    cfg = DTBTrainConfig(output_dir=str(tmp_path), channels=8, feature_channels=4, num_res_blocks=1,
+                         train_batch_size=2, clip_len=3, crop=24, num_clips=2, frames_per_clip=4, synth_width=40,
+                         synth_height=32, max_train_steps=2, checkpointing_steps=0, validation_steps=0,
+                         num_validation_clips=2, validation_frames=4, photos=("astronaut", DEAD_LEAVES),
+                         report_to=None, num_threads=1, mixed_precision="no")
+    clips = validation_clips(cfg)
+    shake = ShakeConfig(num_frames=4, width=40, height=32)
+    for i, c in enumerate(clips):  # the procedural source is left out of validation: astronaut both times
+        assert np.array_equal(c.sharp, synthesize_shake("astronaut", shake, seed=10_000 + cfg.seed * 100 + i).sharp)
+    train(cfg)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
