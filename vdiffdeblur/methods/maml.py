@@ -86,23 +86,24 @@ class PhotoTasks:
         self.norms: list[float] = []
         need = self.config.patch_size + 2 * (int(self.config.max_length) + 4)
         loaded = [load_photo(f"builtin:{p}" if isinstance(p, str) and ":" not in p else p) for p in photos]
-        procedural = [dead_leaves(384, 512, np.random.default_rng([j, 11]), textures=loaded)
-                      for j in range(self.config.dead_leaves)]
-        for k, img in enumerate(loaded + procedural):
-            if k == len(loaded):
-                self.num_photo_images = len(self.images)
-            for s in self.config.scales:
-                h, w = img.shape[:2]
-                if min(h, w) * s < need:
-                    continue
-                im = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-                t = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
-                self.images.append(t)
-                self.norms.append(float(laplacian_variance(t[None])[0]) or 1.0)
-        if not procedural:
-            self.num_photo_images = len(self.images)
+        for img in loaded:
+            self._add_scaled(img, need)
+        self.num_photo_images = len(self.images)  # photo images come first; sample(photos_only=True) uses them
+        for j in range(self.config.dead_leaves):
+            self._add_scaled(dead_leaves(384, 512, np.random.default_rng([j, 11]), textures=loaded), need)
         if not self.images:
             raise ValueError(f"no photo is large enough for {self.config.patch_size} px patches")
+
+    def _add_scaled(self, img: np.ndarray, need: int) -> None:
+        """``img`` at every configured scale at which it still holds a patch plus its kernel margin."""
+        h, w = img.shape[:2]
+        for s in self.config.scales:
+            if min(h, w) * s < need:
+                continue
+            im = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+            t = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
+            self.images.append(t)
+            self.norms.append(float(laplacian_variance(t[None])[0]) or 1.0)
 
     def _lengths(self, n: int, rng: np.random.Generator) -> list[float]:
         cfg = self.config
@@ -117,7 +118,7 @@ class PhotoTasks:
     def sample(self, rng: np.random.Generator, generator: torch.Generator | None = None,
                photos_only: bool = False) -> Task:
         cfg = self.config
-        i = int(rng.integers(self.num_photo_images if photos_only else len(self.images)))
+        i = int(rng.integers(self.num_photo_images if photos_only and self.num_photo_images else len(self.images)))
         n = cfg.patches_per_task
         k1 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
         k2 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
