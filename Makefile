@@ -58,17 +58,17 @@ checkpoints-dtb: $(STAMP)
 
 # fit-to-test-data: the MAML initialisation (Algorithm 1, first order), four stages (~38 + 45 + 38 + 28 min);
 # the last adds 50 procedural dead-leaves pictures to the training photos.
-META_MORE := --steps 10000 --outer_lr 1e-4 --first_order true --inner_lr 0.003 --reweight false --num_threads 1 \
+META_MORE := --outer_lr 1e-4 --first_order true --inner_lr 0.003 --reweight false --num_threads 1 \
              --mixed_precision bf16 --checkpointing_steps 2000
 checkpoints-fit: $(STAMP)
 	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml --steps 6000 --seed 0 --first_order true \
 	    --inner_lr 0.003 --reweight false --num_threads 1 --mixed_precision bf16 --checkpointing_steps 1500
-	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage2 --init $(WORK)/fit_maml --seed 1 $(META_MORE)
-	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage3 --init $(WORK)/fit_maml_stage2 --seed 2 \
+	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage2 --init $(WORK)/fit_maml --seed 1 --steps 10000 \
 	    $(META_MORE)
-	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage4 --init $(WORK)/fit_maml_stage3 --seed 3 \
-	    --steps 8000 --outer_lr 1e-4 --first_order true --inner_lr 0.003 --reweight false --num_threads 1 \
-	    --mixed_precision bf16 --checkpointing_steps 2000 --dead_leaves 50
+	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage3 --init $(WORK)/fit_maml_stage2 --seed 2 --steps 10000 \
+	    $(META_MORE)
+	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage4 --init $(WORK)/fit_maml_stage3 --seed 3 --steps 8000 \
+	    --dead_leaves 50 $(META_MORE)
 	mkdir -p $(SHIP)/fit_maml
 	cp $(WORK)/fit_maml/meta_train.json $(SHIP)/fit_maml/meta_train_stage1.json
 	cp $(WORK)/fit_maml_stage2/meta_train.json $(SHIP)/fit_maml/meta_train_stage2.json

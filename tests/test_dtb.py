@@ -284,6 +284,20 @@ def test_training_writes_model_and_resume_is_exact(tmp_path):
     assert any(not torch.equal(fresh.state_dict()[k], a[k]) for k in a)  # it did train
 
 
+def test_training_takes_dead_leaves_and_validates_on_photos(tmp_path):
+    from vdiffdeblur.data import ShakeConfig, synthesize_shake
+    from vdiffdeblur.data.dead_leaves import DEAD_LEAVES
+    from vdiffdeblur.methods.dtb_train import train, validation_clips
+
+    cfg = _tiny_train_cfg(tmp_path, photos=("astronaut", DEAD_LEAVES), max_train_steps=2, checkpointing_steps=0,
+                          num_validation_clips=2)
+    shake = ShakeConfig(num_frames=4, width=40, height=32)
+    for i, c in enumerate(validation_clips(cfg)):  # the procedural source is left out of validation
+        assert np.array_equal(c.sharp, synthesize_shake("astronaut", shake, seed=10_000 + cfg.seed * 100 + i).sharp)
+    train(cfg)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_training_refuses_evaluation_photos(tmp_path):
     from vdiffdeblur.methods.dtb_train import train
 

@@ -98,6 +98,7 @@ def test_photo_tasks_use_training_photos_only_and_two_blurs_of_the_same_patches(
     assert (low(t.query) - low(t.target)).abs().mean() < 0.08
     again = tasks.sample(np.random.default_rng(0), torch.Generator().manual_seed(0))
     assert torch.equal(again.support, t.support)  # seeded
+    assert set(TRAIN_PHOTOS).isdisjoint(EVAL_PHOTOS)
 
 
 def test_photo_tasks_add_dead_leaves_pictures_but_validate_on_photos():
@@ -113,7 +114,6 @@ def test_photo_tasks_add_dead_leaves_pictures_but_validate_on_photos():
     assert all(torch.equal(x.target, y.target) for x, y in zip(a, b))  # the same photo draws
     with pytest.raises(ValueError, match="dead_leaves"):
         MetaConfig(dead_leaves=-1)
-    assert set(TRAIN_PHOTOS).isdisjoint(EVAL_PHOTOS)
 
 
 def test_meta_train_writes_a_loadable_init_and_resumes(tmp_path):

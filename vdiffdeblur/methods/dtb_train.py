@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data.paired import PairedVideoDataset
 from ..data.dead_leaves import DEAD_LEAVES
+from ..data.paired import PairedVideoDataset
 from ..data.shake_dataset import SyntheticShakeDataset
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, synthesize_shake
 from ..models.dtb import DTBNet
