@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +250,46 @@ def test_make_stream_loads_the_shipped_checkpoint_by_default():
     assert len(outs) == 3 and outs[0].shape == (16, 20, 3)
 
 
+
+@pytest.mark.parametrize("folder", ["", "cnn"])
+def test_shipped_checkpoints_record_a_chain_of_stages_never_trained_on_evaluation_photos(folder):
+    """Each shipped model carries the training config of every stage: stage 1 starts fresh, each later stage
+    from the previous one's output, all on the variant shipped, none on an evaluation photo."""
+    import json
+
+    from vdiffdeblur.data import EVAL_PHOTOS
+
+    ckpt = DEFAULT_CHECKPOINT / folder
+    stages = sorted(ckpt.glob("stage*_training_config.json"), key=lambda p: int(p.name[5:].split("_")[0]))
+    assert len(stages) >= 2 and [p.name for p in stages] == [f"stage{i}_training_config.json" for i in
+                                                             range(1, len(stages) + 1)]
+    cfgs = [json.loads(p.read_text()) for p in stages]
+    shipped = json.loads((ckpt / "config.json").read_text())
+    assert cfgs[0]["init_from"] is None
+    for prev, cfg in zip(cfgs, cfgs[1:]):
+        assert Path(cfg["init_from"]).name == Path(prev["output_dir"]).name or cfg["init_from"].startswith(
+            "vdiffdeblur/checkpoints"), (prev["output_dir"], cfg["init_from"])
+    for cfg in cfgs:
+        assert cfg["variant"] == shipped["variant"]
+        assert not {str(p).removeprefix("builtin:") for p in cfg["photos"]} & set(EVAL_PHOTOS)
+        assert (ckpt / f"stage{cfgs.index(cfg) + 1}_training_log.json").is_file()
+
+
+def test_shipped_cnn_variant_was_trained_the_same_way():
+    """The comparison model's stages match the shipped STRCNN+DTB's option for option (but the variant); an
+    option a record predates counts as its default."""
+    from dataclasses import MISSING, fields
+
+    from vdiffdeblur.methods.dtb_train import DTBTrainConfig
+
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(DTBTrainConfig) if f.default is not MISSING}))
+    own = {"variant", "output_dir", "init_from", "model_config", "resume_from_checkpoint"}  # resuming is exact
+    pairs = [(DEFAULT_CHECKPOINT / p.name, p) for p in (DEFAULT_CHECKPOINT / "cnn").glob("stage*_training_config.json")]
+    assert len(pairs) == len(list(DEFAULT_CHECKPOINT.glob("stage*_training_config.json"))) >= 2
+    for a, b in pairs:
+        ca, cb = ({**defaults, **json.loads(p.read_text())} for p in (a, b))
+        assert {k: v for k, v in ca.items() if k not in own} == {k: v for k, v in cb.items() if k not in own}, a.name
+
 # ------------------------------------------------------------------------------------- training
 def _tiny_train_cfg(out, **kw):
     from vdiffdeblur.methods.dtb_train import DTBTrainConfig
@@ -287,10 +328,11 @@ def test_training_writes_model_and_resume_is_exact(tmp_path):
 def test_training_takes_dead_leaves_and_validates_on_photos(tmp_path):
     from vdiffdeblur.data import ShakeConfig, synthesize_shake
     from vdiffdeblur.data.dead_leaves import DEAD_LEAVES
-    from vdiffdeblur.methods.dtb_train import train, validation_clips
+    from vdiffdeblur.methods.dtb_train import build_train_dataset, train, validation_clips
 
     cfg = _tiny_train_cfg(tmp_path, photos=("astronaut", DEAD_LEAVES), max_train_steps=2, checkpointing_steps=0,
-                          num_validation_clips=2)
+                          num_validation_clips=2, fur_fraction=0.5)
+    assert build_train_dataset(cfg, 4).fur_fraction == 0.5
     shake = ShakeConfig(num_frames=4, width=40, height=32)
     for i, c in enumerate(validation_clips(cfg)):  # the procedural source is left out of validation
         assert np.array_equal(c.sharp, synthesize_shake("astronaut", shake, seed=10_000 + cfg.seed * 100 + i).sharp)
@@ -349,20 +391,25 @@ def _coffee_row(path=None):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 6 asks for >= +1.5 dB on the blurriest third; the shipped checkpoint "
-                   "(width 32, ~74 min of training on one shared CPU core) reaches +1.10 dB: see docs/dtb.md")
 def test_shipped_checkpoint_meets_the_issue_bar():
+    """Issue 6: on builtin:coffee (never trained on), 40 frames, streamed as the CLI runs it, the network alone
+    (no guard) gains >= 1.5 dB on the blurriest third and makes no frame worse by more than 0.5 dB."""
     r = _coffee_row()
-    assert r["gain_hard"] >= 1.5 and r["worst_loss"] <= 0.5
+    assert r["gain_hard"] >= 1.5, r  # measured +1.59
+    assert r["worst_loss"] <= 0.5, r  # measured 0.37
+    assert r["gain_all"] > 0.7, r  # measured +0.88
 
 
 @pytest.mark.slow
-def test_shipped_checkpoint_helps_and_does_no_harm_on_an_evaluation_photo():
-    """builtin:coffee (never trained on), 40 frames, streamed as the CLI runs it, network alone (no guard)."""
-    r = _coffee_row()
-    assert r["gain_hard"] >= 0.9, r  # measured +1.10
-    assert r["gain_all"] > 0.4, r  # +0.60
-    assert r["worst_loss"] <= 0.5, r  # no frame made worse by more than 0.5 dB
+def test_shipped_checkpoint_helps_on_every_evaluation_photo():
+    """Seed 0 of each evaluation photo: every clip gains on its blurriest third and over all its frames."""
+    from vdiffdeblur.data import EVAL_PHOTOS
+    from vdiffdeblur.methods.dtb_train import evaluate_shake
+
+    rows = evaluate_shake(load_dtb_model(), photos=EVAL_PHOTOS, seeds=(0,))
+    for r in rows:  # measured: coffee +1.59 / +0.88, chelsea +0.52 / +0.11, motorcycle +1.30 / +0.80, coins +2.54 / +1.59
+        assert r["gain_hard"] > 0.3 and r["gain_all"] > 0.0, r
+    assert np.mean([r["gain_hard"] for r in rows]) >= 1.3  # measured +1.49
 
 
 @pytest.mark.slow

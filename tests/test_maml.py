@@ -114,6 +114,10 @@ def test_photo_tasks_add_dead_leaves_pictures_but_validate_on_photos():
     assert all(torch.equal(x.target, y.target) for x, y in zip(a, b))  # the same photo draws
     with pytest.raises(ValueError, match="dead_leaves"):
         MetaConfig(dead_leaves=-1)
+    furry = PhotoTasks(["astronaut"], MetaConfig(**{**cfg.__dict__, "dead_leaves": 3, "fur_fraction": 1.0}))
+    assert torch.equal(furry.images[0], plain.images[0]) and not torch.equal(furry.images[1], mixed.images[1])
+    with pytest.raises(ValueError, match="fur_fraction"):
+        MetaConfig(fur_fraction=2.0)
 
 
 def test_meta_train_writes_a_loadable_init_and_resumes(tmp_path):

@@ -60,7 +60,8 @@ def _shape_mask(rng: np.random.Generator, r: float) -> np.ndarray:
 
 def dead_leaves(height: int = 384, width: int = 512, rng: np.random.Generator | None = None, *,
                 textures=(), texture_fraction: float = 0.5, alpha: float = 2.5, rmin: float = 2.0,
-                rmax_fraction: float = 0.35, coverage: float = 6.0, max_leaves: int = 40_000) -> np.ndarray:
+                rmax_fraction: float = 0.35, coverage: float = 6.0, max_leaves: int = 40_000,
+                fur_fraction: float = 0.0) -> np.ndarray:
     """A dead-leaves picture, uint8 RGB (height, width, 3).
 
     Leaves are dropped back to front until their total area is ``coverage`` times the picture's (an
@@ -68,13 +69,18 @@ def dead_leaves(height: int = 384, width: int = 512, rng: np.random.Generator | 
     r^-``alpha`` between ``rmin`` and ``rmax_fraction`` of the shorter side. A leaf's colour is a pixel of one
     of ``textures`` (70%) or uniform in RGB, partly desaturated (uint8 (H, W, 3) photos); with probability
     ``texture_fraction`` a leaf of radius >= 6 px is filled with a patch of a texture photo instead
-    (random scale 0.5-1.5, quarter turn and channel order). Each picture gets a smooth shading field and a
-    light Gaussian blur of random width, so that edges are not all perfectly crisp.
+    (random scale 0.5-1.5, quarter turn and channel order). With probability ``fur_fraction`` such a leaf is
+    filled with procedural fur instead (:func:`_fur_patch`; also when there are no texture photos): networks
+    trained on flat leaves turn fine strands, such as a cat's fur, into blobs. Each picture gets a smooth
+    shading field and a light Gaussian blur of random width, so that edges are not all perfectly crisp.
+    ``fur_fraction=0`` draws exactly the pictures drawn before the option existed.
     """
     if height < 8 or width < 8:
         raise ValueError(f"a dead-leaves picture needs at least 8x8 pixels, got {width}x{height}")
     if alpha <= 1:
         raise ValueError(f"alpha must be > 1, got {alpha}")
+    if not 0.0 <= fur_fraction <= 1.0:
+        raise ValueError(f"fur_fraction must be in [0, 1], got {fur_fraction}")
     rng = rng if rng is not None else np.random.default_rng()
     textures = [t for t in textures if t.ndim == 3 and min(t.shape[:2]) >= 16]
     rmax = max(rmin * 2, rmax_fraction * min(height, width))
@@ -100,8 +106,12 @@ def dead_leaves(height: int = 384, width: int = 512, rng: np.random.Generator | 
         if y1 <= y0 or x1 <= x0:
             continue
         a = m[y0 - cy:y1 - cy, x0 - cx:x1 - cx, None].astype(np.float32) / 255.0
-        if textures and r >= 6 and rng.random() < texture_fraction:
-            fill = _texture_patch(rng, textures, s)[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+        # (draws from rng only as before when fur_fraction is 0, so earlier pictures stay reproducible)
+        if r >= 6 and (textures or fur_fraction > 0) and rng.random() < texture_fraction:
+            if fur_fraction > 0 and (not textures or rng.random() < fur_fraction):
+                fill = _fur_patch(rng, s, colour())[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+            else:
+                fill = _texture_patch(rng, textures, s)[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
         else:
             fill = colour()
         region = canvas[y0:y1, x0:x1]
@@ -126,3 +136,27 @@ def _texture_patch(rng: np.random.Generator, textures, size: int) -> np.ndarray:
     patch = np.rot90(t[y:y + side, x:x + side], int(rng.integers(4)))[..., rng.permutation(3)]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp).astype(np.float32)
+
+
+def _fur_patch(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
+    """A float32 (size, size, 3) patch of fur-like strands around the colour ``base``: white noise at a
+    random strand width (1-2.5 px), smeared along one random direction by a random strand length (3-14 px),
+    modulating the colour by a random contrast (10-45%, each channel a little differently)."""
+    theta = rng.uniform(0.0, np.pi)
+    length = rng.uniform(3.0, 14.0)
+    width = rng.uniform(1.0, 2.5)
+    small = max(2, int(round(size / width)))
+    noise = rng.standard_normal((small, small)).astype(np.float32)
+    if small != size:
+        noise = cv2.resize(noise, (size, size), interpolation=cv2.INTER_LINEAR)
+    ks = int(np.ceil(length)) | 1
+    k = np.zeros((ks, ks), np.uint8)  # an anti-aliased line through the centre: the smear kernel
+    c, dx, dy = (ks - 1) / 2, np.cos(theta) * length / 2, np.sin(theta) * length / 2
+    pts = np.round(np.array([[c - dx, c - dy], [c + dx, c + dy]]) * 16).astype(np.int32)
+    cv2.line(k, tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[1]), 255, 1, cv2.LINE_AA, 4)
+    k = k.astype(np.float32) / max(float(k.sum()), 1.0)
+    streak = cv2.filter2D(noise, -1, k, borderType=cv2.BORDER_REFLECT)
+    streak /= float(streak.std()) + 1e-6
+    tint = 1.0 + 0.3 * rng.standard_normal(3)
+    gain = 1.0 + rng.uniform(0.1, 0.45) * streak[..., None] * tint.astype(np.float32)
+    return base.astype(np.float32) * np.clip(gain, 0.2, 2.0)

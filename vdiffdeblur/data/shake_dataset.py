@@ -92,7 +92,7 @@ class SyntheticShakeDataset(Dataset):
     def __init__(self, sources=TRAIN_PHOTOS, num_clips: int = 64, clip_len: int = 13, crop=128,
                  config: ShakeConfig | None = None, frames_per_clip: int | None = None,
                  samples_per_clip: int = 1, seed: int = 0, still_fraction: float = 0.0, cache: bool = True,
-                 augment: bool = False, source_zoom=(1.0, 1.0)):
+                 augment: bool = False, source_zoom=(1.0, 1.0), fur_fraction: float = 0.0):
         if isinstance(sources, (str, Path)) or (isinstance(sources, np.ndarray) and sources.ndim in (3, 4)):
             sources = [sources]
         if len(sources) == 0:
@@ -119,6 +119,9 @@ class SyntheticShakeDataset(Dataset):
         self.samples_per_clip, self.seed, self.still_fraction = samples_per_clip, seed, still_fraction
         self.cache = cache
         self.augment = bool(augment)
+        if not 0.0 <= fur_fraction <= 1.0:
+            raise ValueError(f"fur_fraction must be in [0, 1], got {fur_fraction}")
+        self.fur_fraction = float(fur_fraction)
         self.source_zoom = _check_source_zoom(source_zoom) if self.augment else tuple(source_zoom)
         self._clips: dict[int, tuple] = {}
         self.epoch = 0
@@ -145,7 +148,8 @@ class SyntheticShakeDataset(Dataset):
         if k in self._still:
             cfg = replace(cfg, shake_px=0.0, rotation_deg=0.0, zoom=0.0)
         if src is None:
-            src = dead_leaves(2 * cfg.height, 2 * cfg.width, np.random.default_rng([seed, 4]), textures=self._textures)
+            src = dead_leaves(2 * cfg.height, 2 * cfg.width, np.random.default_rng([seed, 4]), textures=self._textures,
+                              fur_fraction=self.fur_fraction)
         if src.ndim == 4 and len(src) > cfg.num_frames:
             s0 = int(np.random.default_rng([seed, 1]).integers(0, len(src) - cfg.num_frames + 1))
             src = src[s0:s0 + cfg.num_frames]

@@ -52,10 +52,13 @@ class MetaConfig:
     noise_sigma: tuple[float, float] = (0.0, 2.0 / 255)  # sensor noise range of the blurred patches
     scales: tuple[float, ...] = (0.4, 0.55, 0.7, 0.85, 1.0)  # photo scales (frames show photos at ~1/2)
     dead_leaves: int = 0  # procedural dead-leaves pictures added to p(I) (textured with the photos)
+    fur_fraction: float = 0.0  # their share of textured leaves filled with procedural fur (dead_leaves())
 
     def __post_init__(self):
         if self.dead_leaves < 0:
             raise ValueError(f"dead_leaves must be >= 0, got {self.dead_leaves}")
+        if not 0.0 <= self.fur_fraction <= 1.0:
+            raise ValueError(f"fur_fraction must be in [0, 1], got {self.fur_fraction}")
         if self.inner_steps < 1 or self.tasks_per_step < 1 or self.patches_per_task < 1:
             raise ValueError("inner_steps, tasks_per_step and patches_per_task must be >= 1")
         if self.inner_lr <= 0:
@@ -90,7 +93,8 @@ class PhotoTasks:
             self._add_scaled(img, need)
         self.num_photo_images = len(self.images)  # photo images come first; sample(photos_only=True) uses them
         for j in range(self.config.dead_leaves):
-            self._add_scaled(dead_leaves(384, 512, np.random.default_rng([j, 11]), textures=loaded), need)
+            self._add_scaled(dead_leaves(384, 512, np.random.default_rng([j, 11]), textures=loaded,
+                                         fur_fraction=self.config.fur_fraction), need)
         if not self.images:
             raise ValueError(f"no photo is large enough for {self.config.patch_size} px patches")
 
