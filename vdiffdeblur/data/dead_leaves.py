@@ -21,6 +21,13 @@ import numpy as np
 DEAD_LEAVES = "dead_leaves"
 
 
+def check_fur_fraction(value: float) -> float:
+    """``value`` as a float, or a ValueError naming ``fur_fraction`` if it is not a share in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"fur_fraction must be in [0, 1], got {value}")
+    return float(value)
+
+
 def _radii(rng: np.random.Generator, n: int, rmin: float, rmax: float, alpha: float) -> np.ndarray:
     """``n`` radii with density ~ r^-alpha on [rmin, rmax] (inverse CDF; alpha != 1)."""
     a = 1.0 - alpha
@@ -79,8 +86,7 @@ def dead_leaves(height: int = 384, width: int = 512, rng: np.random.Generator | 
         raise ValueError(f"a dead-leaves picture needs at least 8x8 pixels, got {width}x{height}")
     if alpha <= 1:
         raise ValueError(f"alpha must be > 1, got {alpha}")
-    if not 0.0 <= fur_fraction <= 1.0:
-        raise ValueError(f"fur_fraction must be in [0, 1], got {fur_fraction}")
+    check_fur_fraction(fur_fraction)
     rng = rng if rng is not None else np.random.default_rng()
     textures = [t for t in textures if t.ndim == 3 and min(t.shape[:2]) >= 16]
     rmax = max(rmin * 2, rmax_fraction * min(height, width))

@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..video import read_video
-from .dead_leaves import DEAD_LEAVES, dead_leaves
+from .dead_leaves import DEAD_LEAVES, check_fur_fraction, dead_leaves
 from .paired import DatasetError, to_float_clip
 from .synthetic import TRAIN_PHOTOS, ShakeConfig, load_photo, synthesize_shake
 
@@ -119,9 +119,7 @@ class SyntheticShakeDataset(Dataset):
         self.samples_per_clip, self.seed, self.still_fraction = samples_per_clip, seed, still_fraction
         self.cache = cache
         self.augment = bool(augment)
-        if not 0.0 <= fur_fraction <= 1.0:
-            raise ValueError(f"fur_fraction must be in [0, 1], got {fur_fraction}")
-        self.fur_fraction = float(fur_fraction)
+        self.fur_fraction = check_fur_fraction(fur_fraction)  # checked now: pictures are made per clip, later
         self.source_zoom = _check_source_zoom(source_zoom) if self.augment else tuple(source_zoom)
         self._clips: dict[int, tuple] = {}
         self.epoch = 0

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..data.dead_leaves import dead_leaves
+from ..data.dead_leaves import check_fur_fraction, dead_leaves
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
 from ..losses import patch_sharpness, reweight
 from ..sharpness import laplacian_variance
@@ -57,8 +57,7 @@ class MetaConfig:
     def __post_init__(self):
         if self.dead_leaves < 0:
             raise ValueError(f"dead_leaves must be >= 0, got {self.dead_leaves}")
-        if not 0.0 <= self.fur_fraction <= 1.0:
-            raise ValueError(f"fur_fraction must be in [0, 1], got {self.fur_fraction}")
+        check_fur_fraction(self.fur_fraction)
         if self.inner_steps < 1 or self.tasks_per_step < 1 or self.patches_per_task < 1:
             raise ValueError("inner_steps, tasks_per_step and patches_per_task must be >= 1")
         if self.inner_lr <= 0:
