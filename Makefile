@@ -25,7 +25,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Reproduce every shipped model (about 10 hours, one job after another): training runs go to outputs/, then the model
+# Reproduce every shipped model (about 11 hours, one job after another): training runs go to outputs/, then the model
 # files are copied over vdiffdeblur/checkpoints/ (hand-written model cards stay). One thread per process.
 WORK := outputs/checkpoints
 SHIP := vdiffdeblur/checkpoints
@@ -61,8 +61,9 @@ checkpoints-dtb: $(STAMP)
 	  done; \
 	done
 
-# fit-to-test-data: the MAML initialisation (Algorithm 1, first order), four stages (~38 + 45 + 38 + 28 min);
-# the last adds 50 procedural dead-leaves pictures to the training photos.
+# fit-to-test-data: the MAML initialisation (Algorithm 1, first order), six stages (~38 + 45 + 38 + 28 + 28 + 27 min);
+# the fourth adds 50 procedural dead-leaves pictures to the training photos, the last two fill half their
+# textured leaves with procedural fur.
 META_MORE := --outer_lr 1e-4 --first_order true --inner_lr 0.003 --reweight false --num_threads 1 \
              --mixed_precision bf16 --checkpointing_steps 2000
 checkpoints-fit: $(STAMP)
@@ -74,12 +75,15 @@ checkpoints-fit: $(STAMP)
 	    $(META_MORE)
 	$(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage4 --init $(WORK)/fit_maml_stage3 --seed 3 --steps 8000 \
 	    --dead_leaves 50 $(META_MORE)
+	for n in 5 6; do \
+	  $(ONE) $(PY) training/meta_train.py --output_dir $(WORK)/fit_maml_stage$$n --init $(WORK)/fit_maml_stage$$((n - 1)) \
+	      --seed $$n --steps 8000 --dead_leaves 50 --fur_fraction 0.5 $(META_MORE) || exit 1; \
+	done
 	mkdir -p $(SHIP)/fit_maml
 	cp $(WORK)/fit_maml/meta_train.json $(SHIP)/fit_maml/meta_train_stage1.json
-	cp $(WORK)/fit_maml_stage2/meta_train.json $(SHIP)/fit_maml/meta_train_stage2.json
-	cp $(WORK)/fit_maml_stage3/meta_train.json $(SHIP)/fit_maml/meta_train_stage3.json
-	cp $(WORK)/fit_maml_stage4/config.json $(WORK)/fit_maml_stage4/diffusion_pytorch_model.safetensors \
-	    $(WORK)/fit_maml_stage4/meta_train.json $(SHIP)/fit_maml/
+	for n in 2 3 4 5; do cp $(WORK)/fit_maml_stage$$n/meta_train.json $(SHIP)/fit_maml/meta_train_stage$$n.json || exit 1; done
+	cp $(WORK)/fit_maml_stage6/config.json $(WORK)/fit_maml_stage6/diffusion_pytorch_model.safetensors \
+	    $(WORK)/fit_maml_stage6/meta_train.json $(SHIP)/fit_maml/
 
 # Diffusion: a small VAE, then the pipeline's two stages, then shipping (measures it, writes the model card).
 # Outputs land in outputs/diffusion_* (the configs name them); ~35 min on one CPU thread.

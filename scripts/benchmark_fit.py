@@ -4,6 +4,7 @@
     python scripts/benchmark_fit.py curves    # PSNR against fitting step: shipped MAML init vs random init
     python scripts/benchmark_fit.py curves --photos coffee chelsea --seeds 0 1   # every photo x seed; the
         # first is drawn (docs/fit_psnr_vs_step.png) and kept under "curves", the others under "curves_more"
+    python scripts/benchmark_fit.py curves --more --photos motorcycle coins   # adds clips, keeps the drawn one
 
 ``quality`` runs the same commands a user would (``vdiffdeblur synth``, ``vdiffdeblur deblur --method fit``
 with its defaults, output written losslessly, then the scoring of ``vdiffdeblur eval``), each in its own
@@ -213,6 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="outputs/fit_benchmark", help="quality: folder for the clips and outputs")
     p.add_argument("--json", default=str(DOCS / "fit_benchmark.json"))
+    p.add_argument("--more", action="store_true",
+                   help="curves: add every clip under curves_more, keeping the drawn reference curve")
     a = p.parse_args(argv)
     from vdiffdeblur.data.synthetic import EVAL_PHOTOS
 
@@ -220,9 +223,19 @@ def main(argv=None) -> int:
     if not set(a.photos) <= set(EVAL_PHOTOS):
         p.error(f"use evaluation photos only (the MAML initialisation saw the others): {EVAL_PHOTOS}")
     path = Path(a.json)
-    report = json.loads(path.read_text()) if path.is_file() else {}
     if a.what == "quality":
         new = quality(a.photos, a.seeds, Path(a.work), a.threads)
+    else:  # the first clip is drawn and kept under "curves" (unless --more), any further ones under "curves_more"
+        clips = [(photo, seed) for seed in a.seeds for photo in a.photos]
+        first = None if a.more else curves(*clips[0], a.steps, a.threads)
+        rest = clips if first is None else clips[1:]
+        more = {f"{ph}_{sd}": curves(ph, sd, a.steps, a.threads, figure=False) for ph, sd in rest}
+        for r in [first, *more.values()]:
+            if r is not None:
+                print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
+    # read only now, so that two runs into one file (e.g. one per core) keep each other's results
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if a.what == "quality":
         done = {(r["photo"], r["seed"]) for r in new["clips"]}  # earlier rows of other clips are kept
         kept = [r for r in report.get("quality", {}).get("clips", []) if (r["photo"], r["seed"]) not in done]
         new["clips"] = kept + [dict(r, threads=a.threads) for r in new["clips"]]
@@ -233,14 +246,11 @@ def main(argv=None) -> int:
                    frames_worse=int(sum(r["frames_worse"] for r in rows)),
                    mean_wall_s=round(float(np.mean([r["wall_s"] for r in rows])), 1))
         report["quality"] = new
-    else:  # the first clip is drawn and kept under "curves", any further ones under "curves_more"
-        clips = [(photo, seed) for seed in a.seeds for photo in a.photos]
-        report["curves"] = curves(*clips[0], a.steps, a.threads)
-        more = {f"{ph}_{sd}": curves(ph, sd, a.steps, a.threads, figure=False) for ph, sd in clips[1:]}
+    else:
+        if first is not None:
+            report["curves"] = first
         if more:
             report["curves_more"] = {**report.get("curves_more", {}), **more}
-        for r in [report["curves"], *more.values()]:
-            print(json.dumps({k: v for k, v in r.items() if k != "runs"}), flush=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
     if a.what == "quality":
         print(json.dumps({k: v for k, v in report["quality"].items() if k != "clips"}, indent=1))

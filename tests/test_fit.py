@@ -449,6 +449,31 @@ def test_init_options(tmp_path):
         load_init(str(tmp_path / "nowhere"))
 
 
+def test_learning_rate_follows_the_starting_point_unless_given(tmp_path, monkeypatch):
+    """A learned init is fine-tuned at the lower rate (large first steps undo it, docs/fit.md), a random one
+    trained at the higher; an explicit rate wins; the optimiser gets the rate chosen."""
+    used = []
+    adam = torch.optim.Adam
+
+    def recording_adam(params, lr, **kw):
+        used.append(lr)
+        return adam(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    video = textured_video()
+    cfg = FitConfig(steps=2, patch_size=32, calibration_patches=1)
+    for init, want in [("random", 6e-4), (tiny_init(tmp_path), 3e-4), ("maml", 3e-4)]:
+        d = FitToTestDeblurrer(init=init, config=cfg, progress=False)
+        assert d.learning_rate == want == ftt.LEARNING_RATE["random" if init == "random" else "learned"]
+        if init != "maml":
+            d.fit(video)
+            assert used[-1] == want
+    d = FitToTestDeblurrer(init="random", config=FitConfig(steps=2, patch_size=32, learning_rate=1e-3), progress=False)
+    assert d.fit(video).learning_rate == used[-1] == 1e-3
+    with pytest.raises(ValueError, match="learning_rate must be positive"):
+        FitConfig(learning_rate=0.0)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_fit_method_streams_a_video(tmp_path):
     from vdiffdeblur.cli import main
@@ -464,15 +489,39 @@ def test_cli_fit_method_streams_a_video(tmp_path):
     bad = main(["deblur", str(tmp_path / "clip" / "blur.mkv"), "-o", str(tmp_path / "bad.mkv"), "--method", "fit",
                 "--init", str(tmp_path / "nowhere"), "--steps", "1", "--no-guard"])
     assert bad == 2 and not (tmp_path / "bad.mkv").exists()
+    bad = main(["deblur", str(tmp_path / "clip" / "blur.mkv"), "-o", str(tmp_path / "bad.mkv"), "--method", "fit",
+                "--init", tiny_init(tmp_path), "--steps", "1", "--learning-rate", "-1", "--no-guard"])
+    assert bad == 2 and not (tmp_path / "bad.mkv").exists()
+
+
+def test_cli_threads_override_the_load_based_choice(tmp_path, monkeypatch):
+    from vdiffdeblur.cli import main
+
+    asked = []
+    real = ftt.cpu_threads
+
+    def recording(n):
+        asked.append(n)
+        return real(n)
+
+    monkeypatch.setattr(ftt, "cpu_threads", recording)
+    assert main(["synth", "builtin:coffee", "-o", str(tmp_path / "clip"), "--frames", "4", "--size", "48x32"]) == 0
+    args = ["deblur", str(tmp_path / "clip" / "blur.mkv"), "--method", "fit", "--init", tiny_init(tmp_path),
+            "--steps", "1", "--no-guard"]
+    assert main(args + ["-o", str(tmp_path / "a.mkv"), "--threads", "1"]) == 0
+    assert asked and set(asked) == {1}
+    asked.clear()
+    assert main(args + ["-o", str(tmp_path / "b.mkv")]) == 0
+    assert asked and set(asked) == {"auto"}
 
 
 # ------------------------------------------------------------------------------------------ the real quality check
 @pytest.mark.slow
 def test_quality_on_a_camera_shake_clip_from_an_unseen_photo(tmp_path):
     """The issue's must-hold: CLI defaults, 40 frames 256x192 from an evaluation photo (not seen by the MAML
-    init): >= 2 dB on the blurriest third, no frame worse by more than 0.3 dB. Measured +2.41 dB here (coffee,
-    whose seed-0 clip also set the defaults); it holds on coins too but not on chelsea or motorcycle
-    (+0.9 / +1.1 dB, docs/fit.md), so this checks a regression, not every photo."""
+    init): >= 2 dB on the blurriest third, no frame worse by more than 0.3 dB. Measured +3.13 dB here (coffee,
+    whose seed-0 clip also set the defaults); it holds on coins and coffee seed 1 too but not on chelsea or
+    motorcycle (+1.3 dB each, docs/fit.md), so this checks a regression, not every photo."""
     from vdiffdeblur.cli import main
     from vdiffdeblur.data.synthetic import EVAL_PHOTOS
     from vdiffdeblur.evaluation import score
@@ -490,3 +539,42 @@ def test_quality_on_a_camera_shake_clip_from_an_unseen_photo(tmp_path):
               blur_score=extent, with_ewarp=False)
     assert s.gain("hard") >= 2.0, s.as_dict()
     assert s.frames_worse(0.3) == 0, s.as_dict()
+
+
+@pytest.mark.slow
+def test_maml_reaches_the_random_inits_final_psnr_in_a_tenth_of_the_steps():
+    """The issue's second must-hold on the reference clip (coffee seed 0, 40 frames 256x192, default fit): the
+    network fitted from the shipped MAML init, 100 steps into the default 1000-step fit, is at least as good on
+    the blurriest third as the one fitted from a random init after all 1000 steps. docs/fit.md has the curves
+    of four clips (it holds, or misses by up to 0.1 dB, on the others)."""
+    from vdiffdeblur.data.synthetic import ShakeConfig, synthesize_shake
+    from vdiffdeblur.evaluation import hard_third
+    from vdiffdeblur.metrics import psnr
+
+    clip = synthesize_shake("builtin:coffee", ShakeConfig(num_frames=40, width=256, height=192), seed=0)
+    hard = hard_third(clip.blur_extent)
+    xb = as_frames_tensor(clip.blurry[hard])
+
+    def hard_psnr(net):
+        with torch.no_grad():
+            out = torch.cat([net(xb[i:i + 4]).float().clamp(0, 1) for i in range(0, len(xb), 4)])
+        return float(psnr(to_uint8_frames(out), clip.sharp[hard]).mean())
+
+    class Stop(Exception):
+        pass
+
+    at = {}
+
+    def stop_at_100(step, d):
+        if step == 100:
+            at[100] = hard_psnr(d.averaged_unet.eval())
+            raise Stop
+
+    maml = FitToTestDeblurrer(init="maml", config=FitConfig(), progress=False)
+    with pytest.raises(Stop):
+        maml.fit(clip.blurry, callback=stop_at_100)
+    random_final = hard_psnr(FitToTestDeblurrer(init="random", config=FitConfig(), progress=False)
+                             .fit(clip.blurry).unet.eval())
+    input_psnr = float(psnr(clip.blurry[hard], clip.sharp[hard]).mean())
+    assert random_final > input_psnr + 1.0  # the random init's fit does deblur: the bar is not a weak one
+    assert at[100] >= random_final, (at[100], random_final)

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     # fit
     d.add_argument("--init", default="maml", help="fit: maml, random or a FitUNet folder")
     d.add_argument("--vgg-weights", help="fit: local VGG-19 weights (torchvision .pth or MatConvNet .mat)")
+    d.add_argument("--learning-rate", type=float, default=None,
+                   help="fit: Adam's peak learning rate (default: 3e-4 from a learned init, 6e-4 from random)")
     d.set_defaults(func=cmd_deblur)
     return p
 

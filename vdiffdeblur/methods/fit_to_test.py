@@ -13,8 +13,8 @@ of the very video it then deblurs.
 
 Defaults were chosen on one camera-shake clip (docs/fit.md): 96 px patches x 8 rather than the paper's
 256 px (same pixels per step, +0.3 dB there), re-weighting and critic off (no gain there; on another clip both
-were within 0.1 dB of the default, the critic at 3.7x the time), 1000 Adam steps at 6e-4 from the shipped MAML
-initialisation.
+were within 0.1 dB of the default, the critic at 3.7x the time), 1000 Adam steps at 3e-4 from the shipped MAML
+initialisation (6e-4 from a random one: a learned starting point is lost to large first steps).
 
 Two additions make the fit safe on a video whose frames are not all blurred (measured on this project's
 clips, a fitted U-Net otherwise invents contrast on sharp frames):
@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 KERNEL_TYPES = ("symmetric", "asymmetric", "simulated")
 SHIPPED_INIT = Path(__file__).resolve().parent.parent / "checkpoints" / "fit_maml"
+#: Adam's peak learning rate by starting point (FitConfig.learning_rate=None). Measured (docs/fit.md): from the
+#: MAML init, 6e-4 undoes part of what it knows in the first steps (3e-4 is 0.03-0.5 dB ahead at step 100 on
+#: four clips); from a random init, 3e-4 is too slow (0.2-0.5 dB lower after 1000 steps).
+LEARNING_RATE = {"random": 6e-4, "learned": 3e-4}
+
 #: blur lengths (px) at which a frame's sharpness is calibrated
 LENGTH_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.5, 7.5, 10.0, 13.0, 17.0, 22.0, 28.0, 36.0, 46.0)
 
@@ -68,7 +73,7 @@ class FitConfig:
     steps: int = 1000
     batch_size: int = 8
     patch_size: int = 96  # capped by the frame size (paper: 256; see docs/fit.md for why 96 x 8 by default)
-    learning_rate: float = 6e-4
+    learning_rate: float | None = None  # Adam's peak rate; None: 3e-4 from a learned init, 6e-4 from a random one
     every: int = 20  # one training frame per run of this many frames (paper: 20)
     kernel: str = "symmetric"  # symmetric | asymmetric | simulated (paper ablation)
     reweight: bool = False  # eq. 3 (paper ablation; off by default: no better on the measured clips, docs/fit.md)
@@ -104,6 +109,8 @@ class FitConfig:
             raise ValueError(f"need steps >= 0, batch_size >= 1, patch_size >= 8 and every >= 1, got steps="
                              f"{self.steps}, batch_size={self.batch_size}, patch_size={self.patch_size}, "
                              f"every={self.every}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -462,7 +469,8 @@ class FitToTestDeblurrer:
     >>> result = deblurrer.fit(frames).deblur(frames)  # uint8 (F, H, W, 3) in and out
 
     ``init``: "maml", "random", a FitUNet folder or a FitUNet; ``vgg_weights``: a local VGG-19 file for the
-    perceptual loss (without one, the documented pixel-loss fallback is used).
+    perceptual loss (without one, the documented pixel-loss fallback is used). ``learning_rate`` is the peak
+    rate the fit uses: ``config.learning_rate``, or by default the one for this kind of start (LEARNING_RATE).
     """
 
     def __init__(self, init="maml", config: FitConfig | None = None, vgg_weights=None, device="auto",
@@ -473,6 +481,8 @@ class FitToTestDeblurrer:
         self.device = resolve_device(device)
         self.unet = load_init(init, self.config.seed).to(self.device)
         self.adaptation = maml_adaptation(init)  # (alpha, inner steps) of a MAML initialisation, else None
+        self.learning_rate = (self.config.learning_rate if self.config.learning_rate is not None else
+                              LEARNING_RATE["random" if str(init) == "random" else "learned"])
         self.loss_fn = PerceptualLoss(vgg_weights, gradient_weight=self.config.gradient_weight).to(self.device)
         self.progress = progress
         self.critic = None
@@ -548,7 +558,7 @@ class FitToTestDeblurrer:
         rng = np.random.default_rng(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         net = self.unet.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+        opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
         warm = max(1, int(cfg.warmup * steps))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(i, steps) / max(steps, 1)))
@@ -712,6 +722,10 @@ def make_stream(source, info, options: dict) -> FitStream:
     cfg = FitConfig(seed=int(options.get("seed") or 0))
     if options.get("steps") is not None:
         cfg = replace(cfg, steps=int(options["steps"]))
+    if options.get("learning_rate") is not None:
+        cfg = replace(cfg, learning_rate=float(options["learning_rate"]))
+    if options.get("threads") is not None:  # the user's --threads wins over the load-based "auto"
+        cfg = replace(cfg, num_threads=int(options["threads"]))
     progress = not options.get("quiet")
     deblurrer = FitToTestDeblurrer(init=options.get("init") or "maml", config=cfg,
                                    vgg_weights=options.get("vgg_weights"), device=options.get("device", "auto"),
