@@ -110,22 +110,13 @@ def _example_figure(clip: Path) -> None:
 def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, list, float]:
     """PSNR of the blurriest third at the marks: of the weights the fit would end on if it stopped there (its
     moving average) and of the current iterate."""
-    import torch
+    from vdiffdeblur.methods.fit_to_test import FitConfig, FitToTestDeblurrer, output_psnr
 
-    from vdiffdeblur.frames import as_frames_tensor, to_uint8_frames
-    from vdiffdeblur.methods.fit_to_test import FitConfig, FitToTestDeblurrer
-    from vdiffdeblur.metrics import psnr
-
-    xb = as_frames_tensor(blur[hard])
     marks = set(m for m in MARKS if m <= steps) | {steps}
     curve, iterate = [], []
 
     def psnr_of(net):
-        net.eval()
-        with torch.no_grad():
-            out = torch.cat([net(xb[i:i + 4]).float().clamp(0, 1) for i in range(0, len(xb), 4)])
-        net.train()
-        return round(float(psnr(to_uint8_frames(out), sharp[hard]).mean()), 3)
+        return round(output_psnr(net, blur[hard], sharp[hard]), 3)
 
     def measure(step, d):
         if step not in marks:

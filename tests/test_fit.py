@@ -553,12 +553,9 @@ def test_maml_reaches_the_random_inits_final_psnr_in_a_tenth_of_the_steps():
 
     clip = synthesize_shake("builtin:coffee", ShakeConfig(num_frames=40, width=256, height=192), seed=0)
     hard = hard_third(clip.blur_extent)
-    xb = as_frames_tensor(clip.blurry[hard])
 
     def hard_psnr(net):
-        with torch.no_grad():
-            out = torch.cat([net(xb[i:i + 4]).float().clamp(0, 1) for i in range(0, len(xb), 4)])
-        return float(psnr(to_uint8_frames(out), clip.sharp[hard]).mean())
+        return ftt.output_psnr(net, clip.blurry[hard], clip.sharp[hard])
 
     class Stop(Exception):
         pass
@@ -567,14 +564,14 @@ def test_maml_reaches_the_random_inits_final_psnr_in_a_tenth_of_the_steps():
 
     def stop_at_100(step, d):
         if step == 100:
-            at[100] = hard_psnr(d.averaged_unet.eval())
+            at[100] = hard_psnr(d.averaged_unet)
             raise Stop
 
     maml = FitToTestDeblurrer(init="maml", config=FitConfig(), progress=False)
     with pytest.raises(Stop):
         maml.fit(clip.blurry, callback=stop_at_100)
     random_final = hard_psnr(FitToTestDeblurrer(init="random", config=FitConfig(), progress=False)
-                             .fit(clip.blurry).unet.eval())
+                             .fit(clip.blurry).unet)
     input_psnr = float(psnr(clip.blurry[hard], clip.sharp[hard]).mean())
     assert random_final > input_psnr + 1.0  # the random init's fit does deblur: the bar is not a weak one
     assert at[100] >= random_final, (at[100], random_final)

@@ -691,6 +691,20 @@ class FitToTestDeblurrer:
         return self.fit(result).deblur(result, batch_size=batch_size)
 
 
+@torch.no_grad()
+def output_psnr(net, blurry: np.ndarray, sharp: np.ndarray, batch_size: int = 4) -> float:
+    """Mean PSNR of ``net``'s own output (no per-frame strength) on uint8 ``blurry`` frames against ``sharp``:
+    how far a fit has got, as measured along it by ``scripts/benchmark_fit.py curves`` and the slow tests."""
+    from ..metrics import psnr
+
+    was_training = net.training
+    net.eval()
+    x = as_frames_tensor(blurry, device=next(net.parameters()).device)
+    out = torch.cat([net(x[i:i + batch_size]).float().clamp(0, 1) for i in range(0, len(x), batch_size)])
+    net.train(was_training)
+    return float(psnr(to_uint8_frames(out), sharp).mean())
+
+
 # ============================================================================ CLI stream
 class FitStream:
     """The per-frame stream of a fitted deblurrer: frames are deblurred in small batches as they arrive."""
