@@ -459,8 +459,10 @@ def test_checkpoint_rotation_and_resume_resolution(tmp_path):
     assert resolve_resume("checkpoint-5", tmp_path) == tmp_path / "checkpoint-5"
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
         resolve_resume("checkpoint-7", tmp_path)
-    prune_checkpoints(tmp_path, 2)  # room for one more: keep the newest 1
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-15"]
+    prune_checkpoints(tmp_path, 2)  # runs after a checkpoint is complete: the newest 2 stay
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
+    prune_checkpoints(tmp_path, 1, keep=tmp_path / "checkpoint-10")  # the one just written always stays
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10"]
 
 
 def test_side_by_side_layout():

@@ -58,7 +58,11 @@ def main(argv=None) -> int:
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except (FileNotFoundError, ValueError) as e:  # user errors: a missing or corrupt checkpoint, bad options
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if result:
         print("final validation: " + ", ".join(f"{k} {v:+.3f} dB" for k, v in result.items()))
     return 0

@@ -14,8 +14,9 @@ checkpoint's smaller values are in ``training/configs/dtb.yaml``). The clips com
 
 Accelerate conventions follow diffusers' training examples: ``Accelerator(gradient_accumulation_steps,
 mixed_precision, log_with, project_config)``, ``checkpoint-<step>`` folders written by ``save_state``
-(at most ``checkpoints_total_limit`` kept), ``resume_from_checkpoint`` = ``latest`` or a path, only the main
-process writes. Data order is a fixed function of the seed and the step, so resuming continues the same run.
+(at most ``checkpoints_total_limit`` kept, written crash-safe by :mod:`vdiffdeblur.trainer.checkpoints`),
+``resume_from_checkpoint`` = ``latest`` or a path, only the main process writes. Data order is a fixed
+function of the seed and the step, so resuming continues the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,6 +39,7 @@ from ..data.paired import PairedVideoDataset
 from ..data.shake_dataset import SyntheticShakeDataset
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, synthesize_shake
 from ..models.dtb import DTBNet
+from ..trainer.checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -227,11 +228,6 @@ def weight_norm_sq(model: torch.nn.Module) -> torch.Tensor:
     return sum((p.float() ** 2).sum() for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight"))
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    dirs = [d for d in output_dir.glob("checkpoint-*") if d.is_dir() and d.name.split("-")[-1].isdigit()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[-1]))
-
-
 # --------------------------------------------------------------------------------------- training
 def train(cfg: DTBTrainConfig) -> dict:
     """Train a DTBNet; writes ``cfg.output_dir`` (model, ``training_config.json``, ``training_log.json``,
@@ -253,6 +249,7 @@ def train(cfg: DTBTrainConfig) -> dict:
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(output_dir, accelerator)
 
     if cfg.init_from:
         model = DTBNet.from_pretrained(cfg.init_from, use_safetensors=True)
@@ -294,24 +291,14 @@ def train(cfg: DTBTrainConfig) -> dict:
         accelerator.init_trackers(cfg.tracker_project_name, config={k: str(v) for k, v in asdict(cfg).items()})
 
     global_step = 0
-    if cfg.resume_from_checkpoint:
-        if cfg.resume_from_checkpoint == "latest":
-            found = _checkpoints(output_dir)
-            path = found[-1] if found else None
-        else:
-            path = Path(cfg.resume_from_checkpoint)
-            if not path.is_dir():
-                path = output_dir / cfg.resume_from_checkpoint
-        if path is None or not path.is_dir():
-            accelerator.print(f"checkpoint {cfg.resume_from_checkpoint!r} does not exist; starting a new run")
-        else:
-            accelerator.print(f"resuming from {path}")
-            accelerator.load_state(str(path))
-            global_step = int(path.name.split("-")[-1])
-            # the learning rate follows this run's schedule (max_train_steps or finetune_steps may have changed)
-            sched = getattr(scheduler, "scheduler", scheduler)
-            for group in getattr(optimizer, "optimizer", optimizer).param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(sched.last_epoch)
+    path = load_resume(cfg.resume_from_checkpoint, output_dir, lambda p: accelerator.load_state(str(p)))
+    if path is not None:
+        accelerator.print(f"resumed from {path}")
+        global_step = checkpoint_step(path)
+        # the learning rate follows this run's schedule (max_train_steps or finetune_steps may have changed)
+        sched = getattr(scheduler, "scheduler", scheduler)
+        for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor(sched.last_epoch)
     skip = global_step * cfg.gradient_accumulation_steps
     active_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
 
@@ -357,9 +344,10 @@ def train(cfg: DTBTrainConfig) -> dict:
         running, running_in = [], []
         progress.set_postfix(mse=f"{logs['mse']:.2e}", gain=f"{logs['train_gain_db']:+.2f}dB")
         accelerator.log(logs, step=global_step)
+        if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0:
+            # the state is saved by the main process only
+            save_checkpoint(accelerator, output_dir, global_step, cfg.checkpoints_total_limit)
         if accelerator.is_main_process:
-            if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0:
-                _save_checkpoint(accelerator, output_dir, global_step, cfg.checkpoints_total_limit)
             if val_clips and cfg.validation_steps and global_step % cfg.validation_steps == 0:
                 val = evaluate_clips(accelerator.unwrap_model(model), val_clips)
                 accelerator.log({f"val/{k}": v for k, v in val.items()}, step=global_step)
@@ -389,14 +377,6 @@ def _restart_adam(optimizer) -> None:
     """Forget Adam's moment estimates (they are re-initialised at the next step)."""
     opt = getattr(optimizer, "optimizer", optimizer)
     opt.state.clear()
-
-
-def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> None:
-    if limit is not None and limit > 0:
-        existing = _checkpoints(output_dir)
-        for old in existing[: max(0, len(existing) - limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
 
 
 def _write_model_card(output_dir: Path, cfg: DTBTrainConfig, steps: int, val: dict) -> None:

@@ -227,10 +227,12 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
 
     Every process draws its own tasks (seed + process index); gradients are averaged across processes
     (the inner loop runs through ``functional_call``, outside any DDP wrapper). Checkpoints are Accelerate
-    states; only the main process writes the final ``save_pretrained`` folder and ``meta_train.json``.
+    states saved by every process, plus the network (``fit_unet/``, main process) and each process's task
+    sampler state, so resuming continues the same draws; they are written crash-safe by
+    :mod:`vdiffdeblur.trainer.checkpoints`. Only the main process writes the final ``save_pretrained`` folder
+    and ``meta_train.json``.
     """
     import json
-    import shutil
     import time
     from pathlib import Path
 
@@ -241,6 +243,8 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
 
     from ..models.fit_unet import FitUNet
     from ..models.perceptual import PerceptualLoss
+    from ..trainer.checkpoints import (CorruptCheckpointError, checkpoint_step, list_checkpoints, load_resume,
+                                       remove_partial_checkpoints, save_checkpoint)
 
     out_dir = Path(cfg.output_dir)
     if cfg.num_threads:
@@ -249,6 +253,7 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
                               project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                                   logging_dir=str(out_dir / "logs")))
     set_seed(cfg.seed)
+    remove_partial_checkpoints(out_dir, accelerator)
     if cfg.init:
         model = FitUNet.from_pretrained(cfg.init)
     else:
@@ -263,18 +268,33 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
     rng = np.random.default_rng(cfg.seed + 1000 * accelerator.process_index)
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
 
+    sampler_file = f"maml_sampler_{accelerator.process_index}.json"
+
+    def load(path: Path) -> None:
+        nonlocal rng
+        accelerator.load_state(str(path))
+        model.load_state_dict(FitUNet.from_pretrained(str(path / "fit_unet")).state_dict())
+        if (path / sampler_file).is_file():
+            state = json.loads((path / sampler_file).read_text())
+            rng.bit_generator.state = state["numpy"]
+            gen.set_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        else:  # a checkpoint without this process's sampler state: fresh draws
+            rng = np.random.default_rng([cfg.seed, checkpoint_step(path), accelerator.process_index])
+
+    def save_extra(folder: Path) -> None:
+        state = {"numpy": rng.bit_generator.state, "torch": gen.get_state().tolist()}
+        (folder / sampler_file).write_text(json.dumps(state))
+        if accelerator.is_main_process:  # the network itself as safetensors, not pickled
+            accelerator.unwrap_model(model).save_pretrained(str(folder / "fit_unet"))
+
     first = 0
     if cfg.resume_from_checkpoint:
-        path = cfg.resume_from_checkpoint
-        if path == "latest":
-            ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            path = str(ckpts[-1]) if ckpts else None
-        if path is None or not Path(path).is_dir():
+        if cfg.resume_from_checkpoint == "latest" and not list_checkpoints(out_dir):
             raise FileNotFoundError(f"checkpoint {cfg.resume_from_checkpoint!r} not found under {out_dir}")
-        accelerator.load_state(path)
-        model.load_state_dict(FitUNet.from_pretrained(str(Path(path) / "fit_unet")).state_dict())
-        first = int(Path(path).name.split("-")[1])
-        rng = np.random.default_rng([cfg.seed, first, accelerator.process_index])  # fresh draws after resuming
+        path = load_resume(cfg.resume_from_checkpoint, out_dir, load)
+        if path is None:  # meta-training resumes or fails, it never silently restarts
+            raise CorruptCheckpointError(f"no checkpoint under {out_dir} could be loaded")
+        first = checkpoint_step(path)
         logger.info("resumed from %s at step %d", path, first)
 
     history = []
@@ -313,13 +333,8 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
             if callback is not None:
                 callback(step, model, rec)
         if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and step < cfg.steps:
-            if accelerator.is_main_process:
-                ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-                for old in ckpts[: max(0, len(ckpts) - cfg.checkpoints_total_limit + 1)]:
-                    shutil.rmtree(old)
-            accelerator.save_state(str(out_dir / f"checkpoint-{step}"))
-            if accelerator.is_main_process:  # the network itself as safetensors, not pickled
-                accelerator.unwrap_model(model).save_pretrained(str(out_dir / f"checkpoint-{step}" / "fit_unet"))
+            save_checkpoint(accelerator, out_dir, step, cfg.checkpoints_total_limit, every_process=True,
+                            extra=save_extra)
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model).to(memory_format=torch.contiguous_format).eval()
     if accelerator.is_main_process:

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .card import model_card
-from .checkpoints import EMAState, checkpoint_step, prune_checkpoints, register_hooks, resolve_resume
+from .checkpoints import (EMAState, checkpoint_step, load_resume, register_hooks, remove_partial_checkpoints,
+                          save_checkpoint)
 from .components import (DeblurTrainModel, base_latent_channels, cast_frozen, configure_trainable,
                          enable_gradient_checkpointing, load_base_pipeline, load_teacher, training_scheduler)
 from .config import DiffusionTrainConfig
@@ -88,6 +89,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(output_dir, accelerator)
 
     # ---- models
     base = load_base_pipeline(cfg)
@@ -151,12 +153,9 @@ def train(cfg: DiffusionTrainConfig) -> dict:
 
     # ---- resume
     global_step = 0
-    resume = resolve_resume(cfg.resume_from_checkpoint, output_dir)
-    if cfg.resume_from_checkpoint and resume is None:
-        logger.info("no checkpoint under %s yet: starting a new run", output_dir)
+    resume = load_resume(cfg.resume_from_checkpoint, output_dir, lambda path: accelerator.load_state(str(path)))
     if resume is not None:
-        logger.info("resuming from %s", resume)
-        accelerator.load_state(str(resume))
+        logger.info("resumed from %s", resume)
         global_step = checkpoint_step(resume)
     # Accelerate ends an epoch's last, shorter accumulation with a step too (diffusers' count)
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
@@ -273,12 +272,8 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None
     process under DeepSpeed, whose engine saves its shards collectively."""
     from accelerate.utils import DistributedType
 
-    if accelerator.is_main_process:
-        prune_checkpoints(output_dir, limit)
-    if accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED:
-        path = output_dir / f"checkpoint-{step}"
-        accelerator.save_state(str(path))
-        logging.getLogger(__name__).info("saved %s", path)
+    save_checkpoint(accelerator, output_dir, step, limit,
+                    every_process=accelerator.distributed_type == DistributedType.DEEPSPEED)
 
 
 def _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, sampling, clips, weights,

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from .checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
 from .objective import step_seed
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class VAETrainConfig:
     max_grad_norm: float = 1.0
     num_threads: int = 0
     checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2  # complete checkpoints kept (None: all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     scaling_batches: int = 16  # batches of crops whose latent std sets scaling_factor
 
@@ -106,6 +108,8 @@ def parse_vae_config(argv=None) -> VAETrainConfig:
             value = [kind(v) for v in value]
         elif name == "resume_from_checkpoint":
             value = None if value.lower() in ("none", "null") else value
+        elif name == "checkpoints_total_limit":
+            value = None if value.lower() in ("none", "null") else int(value)
         else:
             value = type(default)(value)
         options[name] = value
@@ -184,11 +188,6 @@ def vae_losses(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Gener
     return {"loss": mse + cfg.l1_weight * l1 + cfg.kl_weight * kl, "mse": mse, "l1": l1, "kl": kl}
 
 
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
-
-
 def train_vae(cfg: VAETrainConfig) -> dict:
     """Train, measure and save the VAE to `cfg.output_dir/vae`; returns the summary written to `summary.json`."""
     import time
@@ -203,6 +202,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision="no")
+    remove_partial_checkpoints(out, accelerator)
     set_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -217,16 +217,9 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     evals = dict(zip(cfg.eval_photos, eval_images(cfg.eval_photos, cfg.eval_size)))
 
     step, history = 0, []
-    resume = None
-    if cfg.resume_from_checkpoint == "latest":
-        resume = _latest_checkpoint(out)
-    elif cfg.resume_from_checkpoint:
-        resume = Path(cfg.resume_from_checkpoint)
-        if not resume.is_dir():
-            raise FileNotFoundError(f"checkpoint {resume} not found")
+    resume = load_resume(cfg.resume_from_checkpoint, out, lambda path: accelerator.load_state(str(path)))
     if resume is not None:
-        accelerator.load_state(str(resume))
-        step = int(resume.name.split("-")[1])
+        step = checkpoint_step(resume)
         log = out / "training_log.json"
         history = [h for h in json.loads(log.read_text()) if h["step"] <= step] if log.is_file() else []
         logger.info("resumed from %s at step %d", resume, step)
@@ -264,11 +257,8 @@ def train_vae(cfg: VAETrainConfig) -> dict:
                 history.append(entry)
                 (out / "training_log.json").write_text(json.dumps(history, indent=1))
             if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and step < cfg.max_train_steps:
-                accelerator.save_state(str(out / f"checkpoint-{step}"))
-                for old in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-1]:
-                    import shutil
-
-                    shutil.rmtree(old)
+                # every process saves (each adds its own RNG state)
+                save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, every_process=True)
 
     vae = accelerator.unwrap_model(vae).eval()
     std = latent_std(vae, photos, cfg)
