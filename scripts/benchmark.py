@@ -69,7 +69,8 @@ def worker(name: str, clip_dirs: list[str]) -> dict:
                 write_video(out, frames, fps=meta["fps"], lossless=True)
             else:
                 argv = ["deblur", str(src), "-o", str(out), "--method", what, "--lossless"] + ([] if guard else ["--no-guard"])
-                deblur_file(src, out, method=what, options=vars(build_parser().parse_args(argv)) | {"quiet": True})
+                deblur_file(src, out, method=what, options=vars(build_parser().parse_args(argv)) | {"quiet": True},
+                            overwrite=True)
         except (NotImplementedError, FileNotFoundError, ValueError) as e:
             return {"error": " ".join(str(e).split())}
         res["clips"][d.name] = time.perf_counter() - t0

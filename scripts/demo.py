@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ def run_method(method: str, src: Path, out: Path, extra: list[str]) -> tuple[np.
     options = vars(args) | {"quiet": False}
     t0 = time.perf_counter()
     try:
-        deblur_file(src, out, method=method, options=options)
+        deblur_file(src, out, method=method, options=options, overwrite=True)
     except (NotImplementedError, FileNotFoundError, ValueError) as e:
         return None, 0.0, " ".join(str(e).split())
     return read_video(out).frames, time.perf_counter() - t0, ""
@@ -51,9 +50,17 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     out = Path(a.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    own = {"blurry.mkv", "blurry.mp4", "truth.mp4", "side_by_side.mp4", "comparison.png", "results.txt",
+           "results.json"} | {f"{m}.{ext}" for m in METHODS for ext in ("mkv", "mp4")}
+    if out.exists():  # a folder of the demo's own files is replaced; anything else is the user's, left alone
+        foreign = [e.name for e in out.iterdir() if e.name not in own] if out.is_dir() else [out.name]
+        if foreign:
+            print(f"error: {out}: holds files the demo did not write ({', '.join(sorted(foreign)[:3])}); "
+                  "choose another --out", file=sys.stderr)
+            return 2
+        for e in out.iterdir():
+            e.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     w, h = map(int, a.size.split("x"))
     clip = synthesize_shake(f"builtin:{a.photo}", ShakeConfig(num_frames=a.frames, width=w, height=h), seed=a.seed)
     src = write_video(out / "blurry.mkv", clip.blurry, fps=clip.fps, lossless=True)

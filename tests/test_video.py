@@ -88,9 +88,11 @@ def _bframe_file(tmp_path, frames):
     return path
 
 
-def _pyav_frames(path):
+def _pyav_frames(path, backend="pyav"):
+    """Every frame in presentation order, converted as the backend converts (decord: swscale's defaults)."""
+    args = probe(path).colour.decode_args() if backend == "pyav" else {}
     with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        return np.stack([f.to_ndarray(format="rgb24", **args) for f in c.decode(video=0)])
 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
@@ -99,7 +101,7 @@ def test_bframes_match_sequential_pyav(tmp_path, backend):
 
     frames = synthesize_shake("builtin:coffee", ShakeConfig(num_frames=60, width=128, height=96), seed=1).blurry
     path = _bframe_file(tmp_path, frames)
-    ref = _pyav_frames(path)
+    ref = _pyav_frames(path, backend)
     assert len(ref) == 60
     for start, end in [(0, 60), (17, 41), (33, 34), (50, 60), (5, 12)]:
         np.testing.assert_array_equal(read_video(path, start, end, backend=backend).frames, ref[start:end])

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .argtypes import device_name, float_from, int_in
 
 logger = logging.getLogger("vdiffdeblur")
 
@@ -27,19 +31,52 @@ def _size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 320x240, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {w}x{h}")
     return w, h
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one ``error: ...`` line (via :class:`UsageError`), like every other user error."""
+
+    def error(self, message):
+        # "argument --crf: must be ..." reads "--crf must be ..."; argparse's other messages keep "--crf: ..."
+        message = re.sub(r"^argument (\S+): (?=must )", r"\1 ", message)
+        raise UsageError(re.sub(r"^argument ([^:]+): ", r"\1: ", message))
+
+
+def _check_args(args) -> None:
+    """Checks that span several options, after parsing and before any work."""
+    window, overlap = getattr(args, "window", None), getattr(args, "overlap", None)
+    if window is not None and overlap is not None and overlap >= window:
+        raise UsageError(f"--overlap must be less than --window ({window}), got {overlap}")
+
+
+def error_message(e: BaseException) -> str:
+    """The one line a user error prints: an OSError with a path as ``PATH: reason``, anything else its message."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        where = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else str(e.filename)
+        if e.filename2 is not None:
+            where += f" -> {os.fsdecode(e.filename2)}"
+        msg = f"{where}: {e.strerror}"
+    else:
+        msg = str(e)
+    return " ".join(msg.split()) or e.__class__.__name__
 
 
 # --------------------------------------------------------------------------------------- synth
 def cmd_synth(args) -> int:
     from .data.synthetic import ShakeConfig, synthesize_shake
+    from .outputs import check_output, remove_leftovers
     from .video import VideoWriter, atomic_replace, temp_sibling, remove_path
 
     out = Path(args.output)
+    check_output(out, overwrite=args.overwrite, kind="synth")
     w, h = args.size
     cfg = ShakeConfig(num_frames=args.frames, width=w, height=h, fps=args.fps)
     clip = synthesize_shake(args.photo, cfg, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
     tmp = temp_sibling(out)
     tmp.mkdir()
     try:
@@ -109,26 +146,31 @@ def cmd_info(args) -> int:
     from .video import probe
 
     info = probe(args.video)
+    extra = [f"rotation {info.rotation:g}"] if info.rotation else []
+    extra += [f"colour {info.colour.describe()}"] if info.colour else []
+    extra += list(info.streams)
     print(f"{info.source}: {info.width}x{info.height}, {info.num_frames} frames, {info.fps:g} fps, "
-          f"codec {info.codec or 'unknown'}")
+          f"codec {info.codec or 'unknown'}" + "".join(f", {e}" for e in extra))
     return 0
 
 
 # --------------------------------------------------------------------------------------- deblur
 def cmd_deblur(args) -> int:
     from .methods.runner import deblur_file
-    from .video import same_file
+    from .outputs import check_output
 
-    if same_file(args.input, args.output):
-        raise UsageError(f"output {args.output} is the input: refusing to overwrite it")
+    check_output(args.output, inputs=[args.input], overwrite=args.overwrite)
+    if args.model and args.method not in ("dtb", "diffusion"):
+        hint = "; fit takes its start with --init" if args.method == "fit" else ""
+        raise UsageError(f"--model is for --method dtb or diffusion, not {args.method}{hint}")
+    if args.init is not None and args.method != "fit":
+        raise UsageError(f"--init is for --method fit, not {args.method}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    info = deblur_file(args.input, args.output, method=args.method, options=vars(args))
+    info = deblur_file(args.input, args.output, method=args.method, options=vars(args), overwrite=args.overwrite)
     dt = time.perf_counter() - t0
     print(f"wrote {args.output}: {info.num_frames} frames {info.width}x{info.height} in {dt:.1f} s "
           f"({args.method}{', guard' if args.guard else ''}{', transfer' if args.transfer else ''})")
@@ -136,79 +178,110 @@ def cmd_deblur(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdiffdeblur", description="Remove motion blur from videos.")
+    p = _Parser(prog="vdiffdeblur", description="Remove motion blur from videos.")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+    seed = int_in(0, 2**32 - 1)
 
     s = sub.add_parser("synth", help="make a blurry camera-shake clip with ground truth from a sharp photo")
     s.add_argument("photo", help="an image path or builtin:NAME (a scikit-image photo, e.g. builtin:coffee)")
     s.add_argument("-o", "--output", required=True, help="output folder (GoPro layout: blur/, sharp/, blur.mkv)")
-    s.add_argument("--frames", type=int, default=40)
-    s.add_argument("--size", type=_size, default=(320, 240), help="WIDTHxHEIGHT (default 320x240)")
-    s.add_argument("--fps", type=float, default=30.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--frames", type=int_in(1), default=40, help="number of frames, at least 1 (default: %(default)s)")
+    s.add_argument("--size", type=_size, default=(320, 240), help="WIDTHxHEIGHT, at least 8x8 (default: 320x240)")
+    s.add_argument("--fps", type=float_from(0, inclusive=False), default=30.0,
+                   help="frame rate, > 0 (default: %(default)g)")
+    s.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^32-1 (default: %(default)s)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder, if it holds only what synth writes")
     s.set_defaults(func=cmd_synth)
 
     e = sub.add_parser("eval", help="PSNR, SSIM and E_warp of a result against ground truth")
     e.add_argument("result", help="video file or frame folder")
     e.add_argument("gt", help="ground-truth video file or frame folder")
-    e.add_argument("--input", help="the blurry input too: report gains and frames made worse")
-    e.add_argument("--json", help="also write the scores to this JSON file")
+    e.add_argument("--input", help="the blurry input too: report gains and frames made worse (default: none)")
+    e.add_argument("--json", help="also write the scores to this JSON file (default: none)")
     e.add_argument("--no-ewarp", action="store_true", help="skip the (slower) warping error")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="size, fps, frame count and codec of a video")
-    i.add_argument("video")
+    i.add_argument("video", help="video file or frame folder")
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("deblur", help="deblur a video file or frame folder")
-    d.add_argument("input")
+    d.add_argument("input", help="video file or frame folder")
     d.add_argument("-o", "--output", required=True,
                    help="output video (.mp4, .mkv, ...) or a path without suffix for a PNG folder")
-    d.add_argument("--method", choices=["diffusion", "fit", "dtb", "transfer"], default="transfer")
-    d.add_argument("--model", help="model folder or file for the method (diffusion: a pipeline folder; dtb: a "
-                   "DTBNet folder); default: the shipped model")
+    d.add_argument("--method", choices=["diffusion", "fit", "dtb", "transfer"], default="transfer",
+                   help="how to deblur (default: %(default)s, sharp-frame transfer)")
+    d.add_argument("--model", help="model folder for the method (diffusion: a DeblurVideoPipeline folder; dtb: a "
+                   "DTBNet folder; default: the shipped model)")
     d.add_argument("--transfer", action="store_true", help="run sharp-frame transfer after the method")
     d.add_argument("--no-guard", dest="guard", action="store_false",
                    help="keep the method's output as it is (the do-no-harm guard is on by default)")
-    d.add_argument("--lossless", action="store_true", help="write the output losslessly")
-    d.add_argument("--crf", type=int, default=18, help="H.264 quality of the output (lower is better)")
-    d.add_argument("--window", type=int, default=None, help="frames per window (methods that stream)")
-    d.add_argument("--overlap", type=int, default=None, help="overlap between windows")
-    d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often fastest on a busy shared CPU)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (never the input, a folder holding it, or a folder holding "
+                        "anything but this tool's frames); default: refuse")
+    d.add_argument("--lossless", action="store_true", help="write the output losslessly (default: H.264 at --crf)")
+    d.add_argument("--crf", type=int_in(0, 51), default=18,
+                   help="H.264 quality of the output, 0 to 51, lower is better (default: %(default)s)")
+    d.add_argument("--window", type=int_in(1), default=None,
+                   help="diffusion: frames per window, at least 1 (default: the pipeline's, 16)")
+    d.add_argument("--overlap", type=int_in(0), default=None,
+                   help="diffusion: frames shared by consecutive windows, less than --window (default: the "
+                        "pipeline's, 4)")
+    d.add_argument("--device", type=device_name, default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps (default: auto, cuda if available)")
+    d.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^32-1 (default: %(default)s)")
+    d.add_argument("--threads", type=int_in(1), default=None,
+                   help="CPU threads for PyTorch, at least 1 (default: PyTorch's choice; 1 is often fastest on a "
+                        "busy shared CPU)")
     # dtb
     d.add_argument("--compile", action="store_true",
                    help="dtb: torch.compile the network (about 30 s to compile per frame size, then faster)")
     # diffusion
-    d.add_argument("--steps", type=int, default=None, help="diffusion: DDIM steps; fit: fitting steps")
-    d.add_argument("--guidance", type=float, default=None, help="diffusion: classifier-free guidance scale")
-    d.add_argument("--dtype", default="auto", help="diffusion: float32, float16, bfloat16 or auto")
+    d.add_argument("--steps", type=int_in(1), default=None,
+                   help="diffusion: DDIM steps (default: the pipeline's, 50 unless saved otherwise); fit: fitting "
+                        "steps (default: 1000); at least 1")
+    d.add_argument("--guidance", type=float_from(0), default=None,
+                   help="diffusion: classifier-free guidance scale, >= 0; 1 or less runs without guidance "
+                        "(default: the pipeline's, 3 unless saved otherwise)")
+    d.add_argument("--dtype", default="auto",
+                   help="diffusion: float32, float16, bfloat16 or auto (default: %(default)s, bfloat16/float16 on "
+                        "CUDA, else float32)")
     # fit
-    d.add_argument("--init", default="maml", help="fit: maml, random or a FitUNet folder")
-    d.add_argument("--vgg-weights", help="fit: local VGG-19 weights (torchvision .pth or MatConvNet .mat)")
-    d.add_argument("--learning-rate", type=float, default=None,
-                   help="fit: Adam's peak learning rate (default: 3e-4 from a learned init, 6e-4 from random)")
+    d.add_argument("--init", default=None,
+                   help="fit: maml (the shipped initialisation), random or a FitUNet folder (default: maml)")
+    d.add_argument("--vgg-weights", help="fit: local VGG-19 weights (torchvision .pth or MatConvNet .mat; default: "
+                   "none, a pixel loss instead of the perceptual loss)")
+    d.add_argument("--learning-rate", type=float_from(0, inclusive=False), default=None,
+                   help="fit: Adam's peak learning rate, > 0 (default: 3e-4 from a learned init, 6e-4 from random)")
     d.set_defaults(func=cmd_deblur)
     return p
 
 
 def main(argv=None) -> int:
+    from .outputs import Terminated, signals_unwind
     from .video import VideoError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        _check_args(args)
+    except UsageError as e:
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with signals_unwind():
+            return args.func(args)
+    except Terminated as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
     except (VideoError, UsageError, ValueError, FileNotFoundError, NotImplementedError, OSError) as e:
         if args.verbose:
             raise
-        msg = " ".join(str(e).split()) or e.__class__.__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -11,12 +11,25 @@ def _gray_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
+#: DIS refuses frames smaller than this on either side (OpenCV checks its pyramid), so smaller ones are padded
+DIS_MIN_SIDE = 16
+
+
 def dis_flow(src: np.ndarray, dst: np.ndarray, preset=cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
-    """Dense flow (H, W, 2) such that ``dst(p) ~ src(p + flow(p))`` (OpenCV DIS on grey uint8 frames)."""
+    """Dense flow (H, W, 2) such that ``dst(p) ~ src(p + flow(p))`` (OpenCV DIS on grey uint8 frames).
+
+    Frames smaller than ``DIS_MIN_SIDE`` px are edge-padded for DIS and the flow cropped back."""
     dis = cv2.DISOpticalFlow_create(preset)
     a = _gray_u8(dst) if dst.ndim == 3 else dst
     b = _gray_u8(src) if src.ndim == 3 else src
-    return dis.calc(a, b, None)
+    h, w = a.shape[:2]
+    ph, pw = max(0, DIS_MIN_SIDE - h), max(0, DIS_MIN_SIDE - w)
+    if not (ph or pw):
+        return dis.calc(a, b, None)
+    # edge padding: mirrored content would move against the frame's own motion and pull the flow the wrong way
+    pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    a, b = (cv2.copyMakeBorder(np.ascontiguousarray(g), *pads, cv2.BORDER_REPLICATE) for g in (a, b))
+    return np.ascontiguousarray(dis.calc(a, b, None)[pads[0]:pads[0] + h, pads[2]:pads[2] + w])
 
 
 def robust_flow(src_gray: np.ndarray, dst_gray: np.ndarray, sigma: float = 1.5, scale: float = 0.5,

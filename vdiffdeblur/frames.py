@@ -33,6 +33,22 @@ def as_frames_tensor(frames, device=None, dtype=torch.float32) -> torch.Tensor:
     return frames.to(device=device, dtype=dtype)
 
 
+class NonFiniteOutputError(ValueError):
+    """A model produced NaN or infinite values (corrupt weights, a diverged fit, an overflow in half precision)."""
+
+
+def check_finite(x: torch.Tensor, what: str = "the model",
+                 why: str = "its weights may be corrupt or its computation overflowed") -> torch.Tensor:
+    """``x`` unchanged if every value is finite; else :class:`NonFiniteOutputError` naming ``what`` produced it
+    (and ``why`` that may be).
+
+    Called on a method's float output before :func:`to_uint8_frames`, which would turn NaN into black silently.
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteOutputError(f"{what} produced non-finite values (NaN/inf); {why}")
+    return x
+
+
 def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
     """float (F, 3, H, W) in [0, 1] -> uint8 (F, H, W, 3), rounded."""
     x = frames.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)

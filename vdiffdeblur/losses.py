@@ -44,10 +44,12 @@ def l1_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_l1_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(N,) mean absolute error of the horizontal and vertical finite differences (edges, texture)."""
+    """(N,) mean absolute error of the horizontal and vertical finite differences (edges, texture); an image one
+    pixel wide (or high) has no differences that way, and a 1x1 image none at all (zero)."""
     dx = (pred[..., :, 1:] - pred[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
     dy = (pred[..., 1:, :] - pred[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
-    return 0.5 * (dx.abs().flatten(1).mean(1) + dy.abs().flatten(1).mean(1))
+    terms = [d.abs().flatten(1).mean(1) for d in (dx, dy) if d.numel()]
+    return sum(terms) / len(terms) if terms else pred.new_zeros(pred.shape[0])
 
 
 def pixel_loss_per_sample(pred: torch.Tensor, target: torch.Tensor, gradient_weight: float = 1.0) -> torch.Tensor:

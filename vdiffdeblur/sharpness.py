@@ -34,9 +34,12 @@ def laplacian_variance(frames) -> torch.Tensor:
     """M_VL per frame: the variance of the Laplacian of the grey frame, on a 0..255 scale.
 
     Accepts uint8 (F, H, W, 3) arrays or float (F, 3, H, W) tensors in [0, 1]; returns (F,) float64.
-    Only the interior (valid convolution) is used, so the frame border adds nothing.
+    Only the interior (valid convolution) is used, so the frame border adds nothing (frames narrower than
+    3 px are edge-padded to 3 px first).
     """
     x = to_gray(as_frames_tensor(frames)) * 255.0
+    if min(x.shape[-2:]) < 3:  # frames under 3 px have no interior: measure them edge-padded to 3 px
+        x = F.pad(x, (0, max(0, 3 - x.shape[-1]), 0, max(0, 3 - x.shape[-2])), mode="replicate")
     lap = F.conv2d(x, _LAPLACIAN.to(x)[None, None])
     return lap.flatten(1).double().var(dim=1, unbiased=False)
 

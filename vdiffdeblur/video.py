@@ -1,37 +1,41 @@
-"""Video I/O shared by every method: read (decord), stream in windows, write (PyAV), frame folders.
+"""Video I/O shared by every method: read (PyAV, or decord), stream in windows, write (PyAV), frame folders.
 
-At this boundary a video is a ``numpy.uint8`` array ``(F, H, W, 3)`` in RGB plus a :class:`VideoInfo`.
-Reading is strictly sequential and never seeks. Video files decode with PyAV by default; decord is an
-alternative backend. Two measured reasons (see DESIGN notes): decord can return the wrong frame after a
-backward seek on files with B-frames, and its decoder thread runs ahead of a slow consumer without bound
-(898 MB peak for 400 frames of 640x480 read at 5 ms per frame, against 89 MB with PyAV), which breaks flat
-memory when a deblurring method consumes the frames.
+At this boundary a video is a ``numpy.uint8`` array ``(F, H, W, 3)`` in RGB plus a :class:`VideoInfo`. Reading is
+strictly sequential and never seeks. Besides the pictures, the info carries what the output must keep: each frame's
+timestamp (time base and pts), the rotation (display matrix), the colour description and the other streams;
+:class:`VideoWriter` given ``like=info`` writes them back and copies the source's audio and subtitles.
+Why PyAV by default: decord can return the wrong frame after a backward seek on files with B-frames, and its decoder
+runs ahead of a slow consumer without bound, which breaks flat memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import shutil
-import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .colour import ColourInfo
+from .outputs import FOLDER_META, atomic_replace, remove_path, same_file, temp_sibling, writing_atomically
+
+__all__ = ["VideoError", "VideoInfo", "Video", "VideoWindow", "TimedFrame", "probe", "iter_frames",
+           "iter_timed_frames", "read_video", "iter_windows", "VideoWriter", "write_video", "same_file",
+           "temp_sibling", "remove_path", "atomic_replace", "writing_atomically", "IMAGE_SUFFIXES",
+           "VIDEO_SUFFIXES", "WRITE_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+WRITE_SUFFIXES = VIDEO_SUFFIXES  # every one is read back by this module (tests hold each)
 DEFAULT_FPS = 25.0
-FOLDER_META = ".vdiffdeblur.json"  # a PNG folder written here remembers its fps in this hidden file
 
 
 class VideoError(ValueError):
@@ -45,18 +49,24 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    fps: float
+    fps: float  # average frame rate (a variable-frame-rate file keeps its own timestamps besides)
     width: int
     height: int
     num_frames: int
     source: str = ""
     codec: str = ""
+    time_base: Fraction | None = None  # of the frames' pts
+    rotation: float = 0.0  # degrees counter-clockwise a player turns the picture (display matrix)
+    display_matrix: tuple | None = None  # the 9 int32 of FFmpeg's display matrix, when the file has one
+    colour: ColourInfo | None = None
+    streams: tuple = ()  # the other streams, e.g. ("audio aac", "subtitle mov_text")
 
 
 @dataclass
 class Video:
     frames: np.ndarray  # uint8 (F, H, W, 3) RGB
     info: VideoInfo
+    pts: np.ndarray | None = None  # int64 (F,), in info.time_base
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -67,19 +77,28 @@ class VideoWindow(NamedTuple):
     frames: np.ndarray  # uint8 (n, H, W, 3)
 
 
+class TimedFrame(NamedTuple):
+    frame: np.ndarray  # uint8 (H, W, 3)
+    pts: int  # in the source's time base
+
+
 # --------------------------------------------------------------------------------------- reading helpers
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
+def list_image_files(folder) -> list[Path]:
     folder = Path(folder)
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
 def to_rgb_uint8(image: np.ndarray, path="<array>") -> np.ndarray:
-    """Gray, gray+alpha, RGB or RGBA (uint8/uint16/bool/float in [0,1]) -> uint8 RGB (H, W, 3)."""
+    """Gray, gray+alpha, RGB or RGBA (uint8/uint16/bool/float in [0,1]) -> uint8 RGB (H, W, 3).
+
+    uint16 is scaled by its format (65535 is white), never by the frame's own maximum, so a sequence keeps one
+    scale from frame to frame.
+    """
     a = np.asarray(image)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
@@ -105,8 +124,8 @@ def _load_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.float32)
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+                # 16-bit grey (Pillow opens it as I;16 or I): one fixed scale, whatever this frame's maximum
+                arr = np.clip(np.asarray(im).astype(np.int64), 0, 65535).astype(np.uint16)
                 return to_rgb_uint8(arr, path)
             if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 im = im.convert("RGBA" if "A" in im.mode else "RGB")
@@ -115,8 +134,9 @@ def _load_image(path: Path) -> np.ndarray:
         raise VideoError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
 
 
-def _is_video_file(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES or path.suffix.lower() not in IMAGE_SUFFIXES
+def _rate_time_base(fps: float) -> tuple[Fraction, Fraction]:
+    rate = Fraction(fps).limit_denominator(1001)
+    return rate, 1 / rate
 
 
 class _FolderSource:
@@ -126,26 +146,29 @@ class _FolderSource:
         if not self.files:
             raise VideoError(path, "folder holds no images")
         first = _load_image(self.files[0])
-        fps = DEFAULT_FPS
+        fps, self.pts, time_base = DEFAULT_FPS, None, None
         meta = path / FOLDER_META
         if meta.is_file():
             try:
-                fps = float(json.loads(meta.read_text())["fps"])
-            except (ValueError, KeyError, TypeError):
+                data = json.loads(meta.read_text())
+                fps = float(data["fps"])
+                if "pts" in data and len(data["pts"]) == len(self.files):
+                    self.pts, time_base = [int(p) for p in data["pts"]], Fraction(data["time_base"])
+            except (ValueError, KeyError, TypeError, ZeroDivisionError):
                 logger.warning("%s: unreadable, assuming %g fps", meta, DEFAULT_FPS)
-        self.info = VideoInfo(
-            fps=fps, width=first.shape[1], height=first.shape[0], num_frames=len(self.files),
-            source=str(path), codec="images",
-        )
+        if self.pts is None:
+            time_base = _rate_time_base(fps)[1]
+        self.info = VideoInfo(fps=fps, width=first.shape[1], height=first.shape[0], num_frames=len(self.files),
+                              source=str(path), codec="images", time_base=time_base)
         self._first = first
 
-    def frames(self, start: int, end: int) -> Iterator[np.ndarray]:
+    def timed_frames(self, start: int, end: int) -> Iterator[TimedFrame]:
         for i in range(start, end):
             img = self._first if i == 0 else _load_image(self.files[i])
             if img.shape[:2] != (self.info.height, self.info.width):
                 raise VideoError(self.files[i], f"size {img.shape[1]}x{img.shape[0]} differs from the first "
                                  f"frame's {self.info.width}x{self.info.height}")
-            yield img
+            yield TimedFrame(img, self.pts[i] if self.pts else i)
 
 
 class _ImageSource:
@@ -153,11 +176,11 @@ class _ImageSource:
         self.path = path
         self._img = _load_image(path)
         self.info = VideoInfo(fps=DEFAULT_FPS, width=self._img.shape[1], height=self._img.shape[0],
-                              num_frames=1, source=str(path), codec="image")
+                              num_frames=1, source=str(path), codec="image", time_base=_rate_time_base(DEFAULT_FPS)[1])
 
-    def frames(self, start: int, end: int) -> Iterator[np.ndarray]:
+    def timed_frames(self, start: int, end: int) -> Iterator[TimedFrame]:
         if start < 1 <= end:
-            yield self._img
+            yield TimedFrame(self._img, 0)
 
 
 def _short(e: Exception) -> str:
@@ -166,11 +189,36 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def _probe_file(path: Path) -> VideoInfo:
-    """Size, fps, codec and frame count of a video file, from its headers and one demux pass (no decoding).
+def _display_matrix(frame) -> tuple | None:
+    for sd in frame.side_data:
+        if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
+            m = tuple(int(v) for v in np.frombuffer(bytes(sd), dtype="<i4")[:9])
+            return None if m == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30) else m
+    return None
 
-    Raises VideoError for an empty file, what is not a video, and a file whose packets stop short of the
-    duration its header declares (cut off).
+
+def _declared_video_seconds(container, stream) -> float | None:
+    """How long the headers say the video stream is; the container's duration only when nothing else is in it."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # Matroska writes each stream's duration as a tag
+    if tag:
+        try:
+            h, m, s = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            pass
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1_000_000
+    return None
+
+
+def _probe_file(path: Path) -> VideoInfo:
+    """Size, fps, codec, timing, rotation and colour of a video file, from its headers, one demux pass where the
+    header has no frame count, and its first decoded frame.
+
+    Raises VideoError for an empty file, what is not a video, and a file whose video packets stop short of the
+    duration its header declares for the video (cut off).
     """
     import av
 
@@ -183,41 +231,75 @@ def _probe_file(path: Path) -> VideoInfo:
             s = c.streams.video[0]
             cc = s.codec_context
             rate = float(s.average_rate or s.guessed_rate or 0) or DEFAULT_FPS
+            others = tuple(f"{o.type} {o.codec_context.name}" for o in c.streams
+                           if o.type in ("audio", "subtitle"))
             n = int(s.frames or 0)
-            if not n:  # Matroska & co. store no frame count: count packets, check them against the duration
-                n = sum(1 for p in c.demux(s) if p.size)
-                if c.duration:
-                    declared = int(round(c.duration / 1_000_000 * rate))
-                    if n < declared - max(1, int(0.02 * declared)):
-                        raise VideoError(path, f"truncated: the header declares {declared} frames, only {n} are present")
+            if not n:  # Matroska & co. store no frame count: count the packets, check them against the duration
+                n, end = 0, None
+                for p in c.demux(s):
+                    if p.size:
+                        n += 1
+                        if p.pts is not None:
+                            t = float((p.pts + (p.duration or 0)) * p.time_base)
+                            end = t if end is None else max(end, t)
+                declared = _declared_video_seconds(c, s)
+                start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+                if declared and end is not None:
+                    # short on count and on time alike (some muxers count the start offset in, some do not)
+                    tol = max(2.0 / rate, 0.02 * declared)
+                    want = int(round(declared * rate))
+                    if n < want - max(2, int(0.02 * want)) and max(end - start, end) < declared - tol:
+                        raise VideoError(path, f"truncated: the header declares {want} frames, only {n} are present")
             if n <= 0:
                 raise VideoError(path, "video holds no frames")
+        with av.open(str(path)) as c:  # the first frame says what the headers may not: rotation, colour
+            s = c.streams.video[0]
+            first = next(iter(c.decode(s)), None)
+            if first is None:
+                raise VideoError(path, "video holds no decodable frames")
+            matrix = _display_matrix(first)
+            rgb = first.format.name.startswith(("rgb", "bgr", "gbr", "0rgb", "argb", "rgba", "bgra"))
+            colour = ColourInfo.from_codec(first, cc.width, cc.height)
+            if rgb:
+                colour = replace(colour, matrix=0)
             return VideoInfo(fps=rate, width=cc.width, height=cc.height, num_frames=n, source=str(path),
-                             codec=cc.name or "")
+                             codec=cc.name or "", time_base=s.time_base, rotation=float(first.rotation or 0),
+                             display_matrix=matrix, colour=colour, streams=others)
     except av.FFmpegError as e:
         raise VideoError(path, f"not a decodable video ({_short(e)})") from None
 
 
+# containers whose decoded frames carry no reliable presentation timestamps: frames are one period apart
+_CFR_FORMATS = {"avi", "asf"}
+
+
 class _PyAVSource:
     """Sequential decoding with PyAV, the default: no seeking at all, and a decoder that only runs as far as
-    the consumer asks (decord decodes ahead without bound when the consumer is slower than it)."""
+    the consumer asks. YUV is converted with the matrix and range the file declares."""
 
     def __init__(self, path: Path):
         self.path = path
         self.info = _probe_file(path)
 
-    def frames(self, start: int, end: int) -> Iterator[np.ndarray]:
+    def timed_frames(self, start: int, end: int) -> Iterator[TimedFrame]:
         import av
 
         n = self.info.num_frames
-        i = 0
+        args = self.info.colour.decode_args() if self.info.colour else {}
+        step = max(1, int(round(1 / (self.info.fps * self.info.time_base)))) if self.info.time_base else 1
+        i, last = 0, None
         try:
             with av.open(str(self.path)) as c:
                 stream = c.streams.video[0]
                 stream.thread_type = "AUTO"
+                by_index = c.format.name in _CFR_FORMATS
                 for frame in c.decode(stream):
+                    pts = frame.pts
+                    if by_index or pts is None or (last is not None and pts <= last):
+                        pts = last + step if last is not None else (frame.pts or 0)
+                    last = pts
                     if i >= start:
-                        yield frame.to_ndarray(format="rgb24")
+                        yield TimedFrame(frame.to_ndarray(format="rgb24", **args), int(pts))
                     i += 1
                     if i >= end:
                         return
@@ -231,7 +313,7 @@ class _DecordSource(_PyAVSource):
     """decord as an alternative decoder (``backend="decord"``): a fresh reader per pass, frames only ever read
     forwards, since decord can return the wrong frame after a backward seek on files with B-frames."""
 
-    def frames(self, start: int, end: int) -> Iterator[np.ndarray]:
+    def timed_frames(self, start: int, end: int) -> Iterator[TimedFrame]:
         import decord
 
         try:
@@ -239,6 +321,7 @@ class _DecordSource(_PyAVSource):
         except Exception as e:  # decord raises its own DECORDError / RuntimeError for anything it cannot open
             raise VideoError(self.path, f"not a decodable video ({_short(e)})") from None
         n = self.info.num_frames
+        tb = self.info.time_base or _rate_time_base(self.info.fps)[1]
         try:
             if start > 0:
                 vr.skip_frames(start)
@@ -249,7 +332,7 @@ class _DecordSource(_PyAVSource):
                     raise VideoError(self.path, f"truncated: only {i} of {n} frames could be decoded") from None
                 except Exception as e:
                     raise VideoError(self.path, f"corrupt: frame {i} of {n} cannot be decoded ({_short(e)})") from None
-                yield np.ascontiguousarray(frame)
+                yield TimedFrame(np.ascontiguousarray(frame), int(round(i / self.info.fps / tb)))
         finally:
             del vr
 
@@ -274,7 +357,8 @@ def _open_source(source, backend: str = "pyav"):
 
 
 def probe(source) -> VideoInfo:
-    """Size, frame count, fps and codec of a video file, frame folder or image, without decoding it."""
+    """Size, frame count, fps, codec, time base, rotation, colour and other streams of a video file, frame folder
+    or image, without decoding more than its first frame."""
     return _open_source(source).info
 
 
@@ -286,11 +370,18 @@ def _check_range(info: VideoInfo, start: int, end: int | None) -> tuple[int, int
     return start, end
 
 
-def iter_frames(source, start: int = 0, end: int | None = None, backend: str = "pyav") -> Iterator[np.ndarray]:
-    """Frames ``start..end-1`` one at a time, decoded sequentially (``backend``: "pyav" or "decord")."""
+def iter_timed_frames(source, start: int = 0, end: int | None = None,
+                      backend: str = "pyav") -> Iterator[TimedFrame]:
+    """``(frame, pts)`` for frames ``start..end-1``, decoded sequentially; pts in ``probe(source).time_base``."""
     src = _open_source(source, backend)
     start, end = _check_range(src.info, start, end)
-    yield from src.frames(start, end)
+    yield from src.timed_frames(start, end)
+
+
+def iter_frames(source, start: int = 0, end: int | None = None, backend: str = "pyav") -> Iterator[np.ndarray]:
+    """Frames ``start..end-1`` one at a time, decoded sequentially (``backend``: "pyav" or "decord")."""
+    for frame, _ in iter_timed_frames(source, start, end, backend):
+        yield frame
 
 
 def read_video(source, start: int = 0, end: int | None = None, backend: str = "pyav") -> Video:
@@ -300,9 +391,10 @@ def read_video(source, start: int = 0, end: int | None = None, backend: str = "p
     """
     src = _open_source(source, backend)
     start, end = _check_range(src.info, start, end)
-    frames = np.stack(list(src.frames(start, end)))
+    timed = list(src.timed_frames(start, end))
+    frames = np.stack([t.frame for t in timed])
     info = replace(src.info, num_frames=frames.shape[0])
-    return Video(frames=frames, info=info)
+    return Video(frames=frames, info=info, pts=np.array([t.pts for t in timed], dtype=np.int64))
 
 
 def iter_windows(source, window: int, overlap: int = 0, backend: str = "pyav") -> Iterator[VideoWindow]:
@@ -318,7 +410,7 @@ def iter_windows(source, window: int, overlap: int = 0, backend: str = "pyav") -
     stride = window - overlap
     buf: deque = deque(maxlen=window)  # always the latest `window` frames
     next_end = window - 1
-    for i, frame in enumerate(src.frames(0, n)):
+    for i, (frame, _) in enumerate(src.timed_frames(0, n)):
         buf.append(frame)
         if i == next_end or i == n - 1:
             yield VideoWindow(range(i + 1 - len(buf), i + 1), np.stack(buf))
@@ -328,196 +420,4 @@ def iter_windows(source, window: int, overlap: int = 0, backend: str = "pyav") -
 
 
 # --------------------------------------------------------------------------------------- writing
-def temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing an earlier output (file or folder) only once ``tmp`` is complete."""
-    if final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-@contextlib.contextmanager
-def writing_atomically(final):
-    """Yield a temporary sibling path to write ``final`` into; on success it replaces ``final`` (file or folder) in
-    one rename, on any error it is removed, so a failed run never leaves a half-written output."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(final)
-    try:
-        yield tmp
-        atomic_replace(tmp, final)
-    except BaseException:
-        remove_path(tmp)
-        raise
-
-
-class VideoWriter:
-    """Write frames to a video file or, for a path without a suffix, a folder of PNGs.
-
-    H.264 (yuv420p; yuv444p when a side is odd) by default; ``lossless=True`` is bit-exact: ``libx264rgb``
-    crf 0 for .mp4, FFV1 for .mkv (``codec="libx264rgb"`` selects it for .mkv too). Frames go to a temporary
-    sibling that is renamed on success and removed on error, so a failed run leaves nothing under ``path``.
-    """
-
-    def __init__(self, path, fps: float = DEFAULT_FPS, lossless: bool = False, crf: int = 18,
-                 codec: str | None = None, preset: str = "medium", options: dict | None = None):
-        self.path = Path(path)
-        if not fps or fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.fps = float(fps)
-        self.lossless = lossless
-        self.crf = int(crf)
-        self.codec = codec
-        self.preset = preset
-        self.options = dict(options or {})
-        self.is_folder = self.path.suffix == ""
-        if not self.is_folder and self.path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"{self.path}: unknown video suffix {self.path.suffix!r}; use .mp4, .mkv, ... "
-                             "or a path without suffix for a PNG folder")
-        self.num_frames = 0
-        self._tmp: Path | None = None
-        self._container = None
-        self._stream = None
-        self._size = None
-
-    # context manager ---------------------------------------------------------------
-    def __enter__(self) -> "VideoWriter":
-        self.open()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_sibling(self.path)
-        if self.is_folder:
-            self._tmp.mkdir()
-
-    # writing ---------------------------------------------------------------------------
-    def write(self, frames: np.ndarray) -> None:
-        """Append one frame (H, W, 3) or several (F, H, W, 3), uint8 RGB."""
-        if self._tmp is None:
-            raise RuntimeError("VideoWriter is not open: use it as a context manager")
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
-        if self._size is None:
-            self._size = frames.shape[1:3]
-            if not self.is_folder:
-                self._open_stream(*self._size)
-        elif frames.shape[1:3] != self._size:
-            raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} differs from the first frame's "
-                             f"{self._size[1]}x{self._size[0]}")
-        for f in frames:
-            if self.is_folder:
-                Image.fromarray(f).save(self._tmp / f"{self.num_frames:05d}.png", compress_level=1)
-            else:
-                self._encode(f)
-            self.num_frames += 1
-
-    def _open_stream(self, h: int, w: int) -> None:
-        import av
-
-        suffix = self.path.suffix.lower()
-        codec = self.codec
-        odd = (w % 2) or (h % 2)
-        if self.lossless:
-            codec = codec or ("ffv1" if suffix == ".mkv" else "libx264rgb")
-            if codec not in ("ffv1", "libx264rgb"):
-                raise ValueError(f"lossless writing supports codec ffv1 or libx264rgb, got {codec!r}")
-        else:
-            codec = codec or "libx264"
-        options = {}
-        if codec == "libx264rgb":
-            pix_fmt = "rgb24"
-            options = {"crf": "0" if self.lossless else str(self.crf), "preset": self.preset}
-            if self.lossless:
-                options["qp"] = "0"
-        elif codec == "ffv1":
-            pix_fmt = "bgr0"
-        elif codec in ("libx264", "h264"):
-            pix_fmt = "yuv444p" if odd else "yuv420p"
-            options = {"crf": str(self.crf), "preset": self.preset}
-        else:
-            pix_fmt = "yuv420p"
-        options.update(self.options)
-        self._container = av.open(str(self._tmp), mode="w")
-        rate = Fraction(self.fps).limit_denominator(1001)
-        self._stream = self._container.add_stream(codec, rate=rate, options=options)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, pix_fmt
-        if odd and pix_fmt == "yuv444p":
-            logger.info("%s: odd frame size %dx%d, encoding yuv444p", self.path, w, h)
-
-    def _encode(self, frame: np.ndarray) -> None:
-        import av
-
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        for packet in self._stream.encode(vf):
-            self._container.mux(packet)
-
-    def close(self) -> None:
-        if self._tmp is None:
-            return
-        try:
-            if self.num_frames == 0:
-                raise ValueError(f"{self.path}: no frames were written")
-            if self.is_folder:
-                (self._tmp / FOLDER_META).write_text(json.dumps({"fps": self.fps}))
-            if self._container is not None:
-                for packet in self._stream.encode():
-                    self._container.mux(packet)
-                self._container.close()
-                self._container = None
-            atomic_replace(self._tmp, self.path)
-            self._tmp = None
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        """Drop everything written so far; ``path`` is left as it was."""
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # the container may be half-written; it is deleted just below
-                pass
-            self._container = None
-        if self._tmp is not None:
-            remove_path(self._tmp)
-            self._tmp = None
-
-
-def write_video(path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS, **kwargs) -> Path:
-    """Write a whole clip at once (see :class:`VideoWriter`)."""
-    with VideoWriter(path, fps=fps, **kwargs) as w:
-        w.write(np.asarray(frames))
-    return Path(path)
-
-
-def same_file(a, b) -> bool:
-    """True when two paths name the same file or folder (used to refuse overwriting an input)."""
-    try:
-        return Path(a).resolve() == Path(b).resolve() or (Path(b).exists() and Path(a).exists()
-                                                          and os.path.samefile(a, b))
-    except OSError:
-        return False
+from .writer import VideoWriter, write_video  # noqa: E402  (the writer needs the reader's types above)

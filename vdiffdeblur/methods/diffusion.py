@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..frames import to_uint8_frames
-from ..video import VideoInfo, VideoWriter, iter_frames, probe, remove_path, same_file
+from ..devices import resolve_device as _resolve_device
+from ..frames import check_finite, to_uint8_frames
+from ..model_folders import require_kind
+from ..outputs import check_output, remove_path
+from ..video import VideoInfo, probe
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +31,7 @@ DTYPES = {
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """`auto` -> cuda if available, else mps, else cpu; otherwise the named device (checked to exist)."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
+    return _resolve_device(name, prefer_mps=True)
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -78,6 +67,7 @@ def load_pipeline(model=None, device: str | None = "auto", dtype: str | None = "
                              "with scripts/convert_t2v_to_deblur.py or scripts/make_tiny_pipeline.py); the shipped "
                              f"model {DEFAULT_MODEL} is missing")
         model = DEFAULT_MODEL
+    require_kind(model, "DeblurVideoPipeline", "a diffusion model folder", file="model_index.json")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     with warnings.catch_warnings():
@@ -112,7 +102,9 @@ class DiffusionFrameStream:
     def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
                  window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
-                 eta: float = 0.0):
+                 eta: float = 0.0, name: str | None = None):
+        folder = getattr(pipe, "name_or_path", None)
+        self.name = name or (f"{folder}: the diffusion model" if folder else "the diffusion model")
         kwargs = dict(num_inference_steps=num_inference_steps, eta=eta, generator=make_generator(seed),
                       window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size)
         if guidance_scale is not None:
@@ -133,11 +125,10 @@ class DiffusionFrameStream:
         with torch.no_grad():
             return self._to_frames(self.session.flush())
 
-    @staticmethod
-    def _to_frames(pieces) -> list[np.ndarray]:
+    def _to_frames(self, pieces) -> list[np.ndarray]:
         out = []
         for p in pieces:  # (1, 3, m, H, W) in [0, 1]
-            out.extend(to_uint8_frames(p[0].permute(1, 0, 2, 3)))
+            out.extend(to_uint8_frames(check_finite(p[0].permute(1, 0, 2, 3), self.name)))
         return out
 
 
@@ -162,10 +153,10 @@ def make_stream(source, info: VideoInfo, options: dict) -> DiffusionFrameStream:
     )
 
 
-def check_job(source, output) -> VideoInfo:
-    """Fail fast, before loading any model: the input must be a readable video and not the output."""
-    if same_file(source, output):
-        raise ValueError(f"output {output} is the input: refusing to overwrite it")
+def check_job(source, output, overwrite: bool = False) -> VideoInfo:
+    """Fail fast, before loading any model: the input must be a readable video and the output writable
+    (see :func:`vdiffdeblur.outputs.check_output`)."""
+    check_output(output, inputs=[source], overwrite=overwrite)
     return probe(source)
 
 
@@ -173,31 +164,21 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None =
                       guidance_scale: float | None = None,
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
                       tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
-                      lossless: bool = False, crf: int = 18, quiet: bool = False) -> VideoInfo:
+                      lossless: bool = False, crf: int = 18, quiet: bool = False,
+                      overwrite: bool = False) -> VideoInfo:
     """Deblur a video file / frame folder into `output` (video file, or a PNG folder for a path without suffix),
-    streaming from the reader to the writer. The output has the input's frame count, size and fps; on error
-    nothing is left under `output`."""
-    info = check_job(source, output)
+    streaming from the reader to the writer (:func:`vdiffdeblur.methods.runner.stream_file`: frame count, size,
+    timestamps, rotation, colour and audio are kept; on error nothing is left under `output`)."""
+    from .runner import stream_file
+
+    info = check_job(source, output, overwrite=overwrite)
     stream = DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         seed=seed, window_size=window_size, window_overlap=window_overlap, tile_size=tile_size,
         decode_chunk_size=decode_chunk_size, eta=eta,
     )
-    n = 0
-    with VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf) as writer:
-        with tqdm(total=info.num_frames, desc="deblur (diffusion)", unit="frame", disable=quiet) as bar:
-            for frame in iter_frames(source):
-                for out in stream.push(frame):
-                    writer.write(out)
-                    n += 1
-                    bar.update(1)
-            for out in stream.flush():
-                writer.write(out)
-                n += 1
-                bar.update(1)
-        if n != info.num_frames:
-            raise RuntimeError(f"diffusion produced {n} frames for {info.num_frames} input frames")
-    return info
+    return stream_file(source, output, stream, info, desc="deblur (diffusion)", lossless=lossless, crf=crf,
+                       quiet=quiet)
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -253,7 +234,7 @@ def measure_deblur_file(pipe, source, output, warmup_source=None, repeat: int = 
     kwargs.setdefault("quiet", True)
     if warmup_source is not None:
         warm_out = Path(output).with_name(f".warmup-{Path(output).name}")
-        deblur_video_file(pipe, warmup_source, warm_out, **kwargs)
+        deblur_video_file(pipe, warmup_source, warm_out, **{**kwargs, "overwrite": True})
         remove_path(warm_out)
     cuda = pipe._execution_device.type == "cuda"
     if cuda:
@@ -264,7 +245,7 @@ def measure_deblur_file(pipe, source, output, warmup_source=None, repeat: int = 
     with PeakRSS() as peak:
         for _ in range(repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            info = deblur_video_file(pipe, source, output, **kwargs)
+            info = deblur_video_file(pipe, source, output, **{**kwargs, "overwrite": True})
             if cuda:
                 torch.cuda.synchronize()
             seconds = min(seconds, time.perf_counter() - t0)

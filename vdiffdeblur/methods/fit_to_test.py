@@ -48,8 +48,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..blur import linear_motion_kernel, linear_to_srgb, random_trajectory_kernel, srgb_to_linear
-from ..frames import as_frames_tensor, to_uint8_frames
+from ..devices import resolve_device as _resolve_device
+from ..frames import NonFiniteOutputError, as_frames_tensor, check_finite, to_uint8_frames
 from ..losses import critic_loss, generator_adversarial_loss, patch_sharpness, reweight
+from ..model_folders import require_kind
 from ..sharpness import laplacian_variance
 from ..video import iter_frames
 
@@ -299,6 +301,9 @@ def estimate_noise_sigma(frame: np.ndarray, block: int = 8, quantile: float = 0.
     is taken in the flattest blocks: the ``quantile`` of per-block estimates (median over channels).
     """
     x = as_frames_tensor(frame)[0]  # (3, H, W)
+    if min(x.shape[-2:]) < 3:  # the 3x3 mask needs 3 px: edge-pad tiny frames (flat padding adds no noise)
+        x = torch.nn.functional.pad(x[None], (0, max(0, 3 - x.shape[-1]), 0, max(0, 3 - x.shape[-2])),
+                                    mode="replicate")[0]
     mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
     r = torch.nn.functional.conv2d(x[:, None], mask[None, None]).abs()  # (3, 1, H-2, W-2)
     if min(r.shape[-2:]) >= block:
@@ -381,6 +386,7 @@ def load_init(init="maml", seed: int = 0):
             torch.manual_seed(seed)
             return FitUNet(**arch)
     path = SHIPPED_INIT if name == "maml" else Path(name)
+    require_kind(path, "FitUNet", "a fit initialisation folder")
     if not (path / "config.json").is_file():
         if name == "maml":
             raise FileNotFoundError(f"the shipped MAML initialisation is missing from {path}; reinstall the "
@@ -444,9 +450,7 @@ def cpu_threads(n):
 
 
 def resolve_device(device="auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return _resolve_device(device)
 
 
 def warmed_up_ema(decay: float):
@@ -462,6 +466,9 @@ def warmed_up_ema(decay: float):
 
 
 # ============================================================================ the method
+_DIVERGED = "its initialisation may be corrupt, or the fit diverged (try a lower learning rate)"
+
+
 class FitToTestDeblurrer:
     """Fit a FitUNet to a video's sharp frames, then deblur every frame.
 
@@ -485,6 +492,7 @@ class FitToTestDeblurrer:
                               LEARNING_RATE["random" if str(init) == "random" else "learned"])
         self.loss_fn = PerceptualLoss(vgg_weights, gradient_weight=self.config.gradient_weight).to(self.device)
         self.progress = progress
+        self.name = f"the fit network (init {init})" if isinstance(init, (str, Path)) else "the fit network"
         self.critic = None
         self.history: list[tuple[int, float]] = []  # (step, training loss)
         self.references: list[np.ndarray] = []  # the selected sharp frames, uint8
@@ -614,6 +622,9 @@ class FitToTestDeblurrer:
             if self.ema is not None:
                 self.ema.update_parameters(net)
             self.history.append((len(self.history) + 1, float(loss.detach())))
+            if not math.isfinite(self.history[-1][1]):  # stop at once: every later step would be NaN too
+                raise NonFiniteOutputError(f"{self.name} produced non-finite values (NaN/inf) at step {step} of "
+                                           f"the fit; {_DIVERGED}")
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if callback is not None:
@@ -639,7 +650,7 @@ class FitToTestDeblurrer:
                                    inverse_gamma=cfg.inverse_gamma, noise_sigma=self.noise_sigma,
                                    max_length=top, generator=gen)
             x, y = batch.blurry.to(self.device), batch.sharp.to(self.device)
-            r = self.unet.residual(x).float()
+            r = check_finite(self.unet.residual(x).float(), self.name, _DIVERGED)
             den = float((r * r).sum())
             share.append(float(np.clip(float((r * (y - x)).sum()) / den, 0.0, cfg.max_strength)) if den > 0 else 0.0)
         self.strength_table = (grid.astype(np.float64), np.asarray(share))
@@ -657,7 +668,7 @@ class FitToTestDeblurrer:
         if len(todo):
             self.unet.eval()
             with cpu_threads(self.config.num_threads if self.device.type == "cpu" else None):
-                r = self.unet.residual(x[todo].to(self.device)).float().to(x)
+                r = check_finite(self.unet.residual(x[todo].to(self.device)).float(), self.name, _DIVERGED).to(x)
             out[todo] = (x[todo] + s[todo] * r).clamp(0, 1)
         return out
 

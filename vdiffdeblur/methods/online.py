@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..frames import as_frames_tensor, crop_to, pad_to_multiple, to_uint8_frames
+from ..devices import resolve_device
+from ..frames import as_frames_tensor, check_finite, crop_to, pad_to_multiple, to_uint8_frames
+from ..model_folders import require_kind
 from ..models.dtb import DTBNet, DTBState, reflect_index
 
 logger = logging.getLogger(__name__)
@@ -53,8 +55,7 @@ def load_dtb_model(path=None, device="cpu") -> DTBNet:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no DTBNet model folder here (expected config.json and "
                                 "diffusion_pytorch_model.safetensors)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: incomplete DTBNet model folder, config.json is missing")
+    require_kind(path, "DTBNet", "a DTB model folder")
     if not any(path.glob("*.safetensors")):
         raise FileNotFoundError(f"{path}: incomplete DTBNet model folder, no .safetensors weights")
     model = DTBNet.from_pretrained(path, use_safetensors=True)
@@ -68,11 +69,13 @@ class OnlineDeblurrer:
     ``m`` frames behind it (same type as the input) or None while the look-ahead fills; ``flush()`` returns
     the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16 where the CPU supports it
     (float32 otherwise); ``channels_last`` and an optional ``torch.compile`` speed it up. The stream is
-    reusable: ``reset()`` (called by ``flush``) starts a new video.
+    reusable: ``reset()`` (called by ``flush``) starts a new video. ``name`` is how errors name the model (a
+    model whose output is not finite raises :class:`~vdiffdeblur.frames.NonFiniteOutputError`).
     """
 
     def __init__(self, model: DTBNet, device=None, precision: str = "auto", channels_last: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, name: str = "the dtb model"):
+        self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -130,7 +133,7 @@ class OnlineDeblurrer:
         win = self._window(n, total)
         with torch.inference_mode(), self.autocast():
             out, self._state = self._step(win, self._state)
-        out = crop_to(out, self._size)
+        out = check_finite(crop_to(out, self._size), self.name)
         self._next = n + 1
         if self._as_uint8:
             return to_uint8_frames(out)[0]
@@ -177,9 +180,7 @@ class DTBStream:
 
 
 def _device(option) -> torch.device:
-    if option in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(option)
+    return resolve_device(option)
 
 
 def make_stream(source, info, options: dict) -> DTBStream:
@@ -188,7 +189,8 @@ def make_stream(source, info, options: dict) -> DTBStream:
     model = load_dtb_model(options.get("model"), device=device)
     precision = options.get("dtb_precision") or "auto"
     deblurrer = OnlineDeblurrer(model, device=device, precision=precision,
-                                compile=bool(options.get("compile", False)))
+                                compile=bool(options.get("compile", False)),
+                                name=f"{options.get('model') or DEFAULT_CHECKPOINT}: the dtb model")
     logger.info("dtb: %s model (%s, %d channels), %s on %s", options.get("model") or "shipped",
                 model.config.variant, model.config.channels, deblurrer.precision, device)
     return DTBStream(deblurrer)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections import deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..video import VideoInfo, VideoWriter, iter_frames, probe
+from ..outputs import check_output
+from ..video import VideoInfo, VideoWriter, iter_timed_frames, probe
 from .stream import Chain, PairedStream
 
 logger = logging.getLogger(__name__)
@@ -51,25 +53,45 @@ def build_stream(source, info: VideoInfo, method: str, options: dict):
     return stream
 
 
-def deblur_file(source, output, method: str = "transfer", options: dict | None = None) -> VideoInfo:
-    """Deblur a video file / frame folder into ``output`` (file or PNG folder), streaming frame by frame."""
-    options = dict(options or {})
-    info = probe(source)
-    stream = build_stream(source, info, method, options)
-    out = Path(output)
+def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str = "deblur",
+                lossless: bool = False, crf: int = 18, quiet: bool = False) -> VideoInfo:
+    """Decode ``source``, push every frame through ``stream`` (a FrameStream), encode what it emits into ``output``.
+
+    The output keeps the source's frame timestamps, rotation, colour description, audio and subtitles; its
+    frame count must equal the input's. On any error (or SIGTERM/SIGHUP in the CLI) nothing is left under
+    ``output``.
+    """
+    info = info or probe(source)
+    pending: deque = deque()  # the pts of frames pushed in, handed to frames coming out in the same order
     n = 0
-    with VideoWriter(out, fps=info.fps, lossless=bool(options.get("lossless")), crf=int(options.get("crf", 18))) as w:
-        bar = tqdm(total=info.num_frames, desc=f"deblur ({method})", unit="frame", disable=options.get("quiet"))
-        for frame in iter_frames(source):
-            for o in stream.push(frame):
-                w.write(o)
+    with VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info) as w, \
+            tqdm(total=info.num_frames, desc=desc, unit="frame", disable=quiet) as bar:
+        def emit(frames):
+            nonlocal n
+            for o in frames:
+                w.write(o, pts=[pending.popleft()])
                 n += 1
                 bar.update(1)
-        for o in stream.flush():
-            w.write(o)
-            n += 1
-            bar.update(1)
-        bar.close()
+
+        for frame, pts in iter_timed_frames(source):
+            pending.append(pts)
+            emit(stream.push(frame))
+        emit(stream.flush())
         if n != info.num_frames:
-            raise RuntimeError(f"{method} produced {n} frames for {info.num_frames} input frames")
+            raise RuntimeError(f"{desc} produced {n} frames for {info.num_frames} input frames")
     return info
+
+
+def deblur_file(source, output, method: str = "transfer", options: dict | None = None,
+                overwrite: bool = False) -> VideoInfo:
+    """Deblur a video file / frame folder into ``output`` (file or PNG folder), streaming frame by frame.
+
+    An existing ``output`` is refused unless ``overwrite`` (see :func:`vdiffdeblur.outputs.check_output`).
+    """
+    options = dict(options or {})
+    check_output(output, inputs=[source], overwrite=overwrite)
+    info = probe(source)
+    stream = build_stream(source, info, method, options)
+    return stream_file(source, output, stream, info, desc=f"deblur ({method})",
+                       lossless=bool(options.get("lossless")), crf=int(options.get("crf", 18)),
+                       quiet=bool(options.get("quiet")))

@@ -79,6 +79,9 @@ class VGGFeatures(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.config.normalize_imagenet:
             x = (x - self.mean) / self.std
+        side = 2 ** sum(isinstance(m, nn.MaxPool2d) for m in self.features)
+        if min(x.shape[-2:]) < side:  # every max-pool halves the map: smaller images are edge-padded so none empties
+            x = nn.functional.pad(x, (0, max(0, side - x.shape[-1]), 0, max(0, side - x.shape[-2])), mode="replicate")
         out = {}
         for i, m in enumerate(self.features):
             x = m(x)
