@@ -1,12 +1,13 @@
 # Copyright 2025 The vdiffdeblur authors. Licensed under the Apache License, Version 2.0.
 """`DeblurVideoPipeline`: video deblurring with a re-purposed text-to-video diffusion model
-("Deblurring via Video Diffusion Models", Wang & Long; DESIGN.md "The diffusion deblurrer").
+("Deblurring via Video Diffusion Models", Wang & Long; docs/diffusion.md).
 
 Components: `vae` (AutoencoderKL), `unet` (UNet3DConditionModel whose conv_in takes noisy latents ++ the blurry
 clip's VAE latents), `blur_encoder` (BlurImageEncoder: CLIP vision tower -> cross-attention tokens),
 `scheduler` (DDIM; epsilon or v prediction, from its config).
 
-Imports are absolute so this file also loads as a diffusers custom pipeline file.
+The temporal windows and spatial tiles are in `windows.py`, the push/flush stream in `stream.py`. Imports are
+absolute so this file also loads as a diffusers custom pipeline file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,18 +25,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from vdiffdeblur.frames import crop_to, pad_to_multiple
 from vdiffdeblur.models.blur_encoder import BlurImageEncoder
-from vdiffdeblur.models.conditioning import (
-    BlurCondition,
-    build_unet_input,
-    decode_video_latents,
-    encode_condition,
-    encode_video_latents,
-)
+from vdiffdeblur.models.conditioning import BlurCondition, build_unet_input, decode_video_latents, encode_condition
+from vdiffdeblur.pipelines.stream import DeblurVideoStream
+from vdiffdeblur.pipelines.windows import apply_in_tiles, num_windows
 
 logger = logging.getLogger(__name__)
 
@@ -77,36 +71,6 @@ class DeblurVideoPipelineOutput(BaseOutput):
 
 class ModelFolderError(ValueError):
     """A pipeline folder that is incomplete or inconsistent; the message names the component."""
-
-
-def num_windows(num_frames: int, window_size: int, overlap: int) -> int:
-    """How many windows cover `num_frames` frames: windows start every `window_size - overlap` frames and the
-    last one ends at the last frame (it may be shorter), as `vdiffdeblur.video.iter_windows` cuts them."""
-    if num_frames <= window_size:
-        return 1
-    return 1 + math.ceil((num_frames - window_size) / (window_size - overlap))
-
-
-def _ramp(n: int, lead: int, trail: int, device, dtype) -> torch.Tensor:
-    """Weights along one axis of a tile: linear ramps over `lead` / `trail` entries at its edges, 1 inside."""
-    w = torch.ones(n, device=device, dtype=torch.float32)
-    if lead:
-        w[:lead] = torch.arange(1, lead + 1, dtype=torch.float32, device=device) / (lead + 1)
-    if trail:
-        w[n - trail :] = torch.minimum(
-            w[n - trail :], torch.arange(trail, 0, -1, dtype=torch.float32, device=device) / (trail + 1)
-        )
-    return w.to(dtype)
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of overlapping tiles along one axis; the last tile ends at `size`."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
 
 
 class DeblurVideoPipeline(DiffusionPipeline):
@@ -263,8 +227,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
     def guidance_scale(self):
         return self._guidance_scale
 
-    # `guidance_scale` as the guidance weight `w` of the Imagen paper (eq. 2); `guidance_scale <= 1` runs the
-    # conditional branch only
+    # the guidance weight `w` of the Imagen paper (eq. 2): `guidance_scale <= 1` runs the conditional branch only
     @property
     def do_classifier_free_guidance(self):
         return self._guidance_scale > 1
@@ -377,28 +340,10 @@ class DeblurVideoPipeline(DiffusionPipeline):
     def _predict(self, model_input, t, encoder_hidden_states, tile, tile_overlap):
         """One UNet evaluation, in overlapping spatial tiles (blended with edge-tapered weights) when the latent
         frame is larger than `tile`."""
-        h, w = model_input.shape[-2:]
-        if tile is None or (h <= tile and w <= tile):
-            return self.unet(model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-        out = None
-        weight = torch.zeros(h, w, device=model_input.device, dtype=torch.float32)
-        ys, xs = tile_starts(h, tile, tile_overlap), tile_starts(w, tile, tile_overlap)
-        for y in ys:
-            th = min(tile, h)
-            wy = _ramp(th, tile_overlap if y > 0 else 0, tile_overlap if y + th < h else 0, model_input.device,
-                       torch.float32)
-            for x in xs:
-                tw = min(tile, w)
-                wx = _ramp(tw, tile_overlap if x > 0 else 0, tile_overlap if x + tw < w else 0,
-                           model_input.device, torch.float32)
-                pred = self.unet(model_input[..., y : y + th, x : x + tw], t,
-                                 encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-                if out is None:
-                    out = torch.zeros(*pred.shape[:-2], h, w, device=pred.device, dtype=torch.float32)
-                wt = wy[:, None] * wx[None, :]
-                out[..., y : y + th, x : x + tw] += pred.float() * wt
-                weight[y : y + th, x : x + tw] += wt
-        return (out / weight).to(model_input.dtype)
+        return apply_in_tiles(
+            lambda x: self.unet(x, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0],
+            model_input, tile, tile_overlap,
+        )
 
     def denoise(self, latents, blur_latents, encoder_hidden_states, *, num_inference_steps, guidance_scale=1.0,
                 extra_step_kwargs=None, prev_predictions=None, record_last: int = 0, tile=None, tile_overlap=0,
@@ -597,8 +542,9 @@ class DeblurVideoPipeline(DiffusionPipeline):
 
 
 def _align_cpu_tensors(module: torch.nn.Module) -> None:
-    # Weights memory-mapped from safetensors can start at unaligned addresses, where CPU GEMM kernels take another
-    # path and round differently; a copy is aligned, so a loaded pipeline computes exactly what the saved one did.
+    """Copy CPU tensors that do not start at a 64-byte boundary. Weights memory-mapped from safetensors can be
+    unaligned, and CPU GEMM kernels then take another path and round differently: aligned, a loaded pipeline
+    computes exactly what the saved one did."""
     for t in list(module.parameters()) + list(module.buffers()):
         if t.device.type == "cpu" and t.data_ptr() % 64:
             t.data = t.data.clone()
@@ -608,173 +554,3 @@ def _is_video_obj(x) -> bool:
     # vdiffdeblur.video.Video, without importing the I/O stack here
     return hasattr(x, "frames") and hasattr(x, "info") and isinstance(getattr(x, "frames"), np.ndarray)
 
-
-class DeblurVideoStream:
-    r"""Deblur a video that arrives in pieces, one temporal window at a time (what `__call__` runs on a whole clip,
-    and what the CLI and the DDIM script run from a video reader into a writer).
-
-    `push(frames)` takes the next frames `(B, 3, n, H, W)` in [0, 1] and returns the output frames now final
-    (a list of `(B, 3, m, H, W)` float32 tensors in [0, 1], or latents with `output_latents=True`); `flush()`
-    returns the rest. A window of `window_size` frames is denoised as soon as it is complete; its first
-    `window_size - window_overlap` frames are then final, its last `window_overlap` frames are held, with the
-    model's outputs for them at every step, to be blended into the next window's at every step. Memory holds one
-    window plus those outputs, whatever the video's length. Initial noise is drawn frame by frame in order, so a video
-    gets the same noise whether it comes at once or in pieces.
-    """
-
-    def __init__(self, pipe: DeblurVideoPipeline, height: int, width: int, batch_size: int = 1, *,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None, eta: float = 0.0,
-                 generator=None, residual_decode: bool | None = None,
-                 latents: torch.Tensor | None = None, window_size: int | None = None, window_overlap: int = 4,
-                 tile_size: int | None = None, tile_overlap: int | None = None, decode_chunk_size: int | None = 8,
-                 output_latents: bool = False, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs=("latents",), progress_bar=None):
-        num_inference_steps, guidance_scale = pipe.resolve_sampling(num_inference_steps, guidance_scale)
-        window = pipe.default_window_size if window_size is None else window_size
-        pipe.check_inputs(num_inference_steps, window, window_overlap, tile_size, tile_overlap, decode_chunk_size,
-                          "latent" if output_latents else "pt", callback_on_step_end_tensor_inputs)
-        self.residual_decode = bool(pipe.config.get("residual_decode", False) if residual_decode is None
-                                    else residual_decode)
-        # the UNet's latents are residual_scale * (z_sharp - z_blurry) for folders trained that way
-        self.residual_scale = (float(pipe.config.get("residual_scale", 1.0))
-                               if pipe.config.get("residual_latents", False) else None)
-        if window == 0:
-            raise ValueError("a stream needs window_size >= 1")
-        if height < 1 or width < 1:
-            raise ValueError(f"frame size must be positive, got {width}x{height}")
-        self.pipe = pipe
-        self.height, self.width, self.batch_size = height, width, batch_size
-        self.steps, self.guidance_scale = num_inference_steps, guidance_scale
-        self.generator, self.latents = generator, latents
-        self.window, self.overlap = window, window_overlap
-        m = pipe.spatial_multiple
-        self.tile = None if tile_size is None else tile_size // pipe.vae_scale_factor
-        if tile_size is not None and tile_overlap is None:
-            tile_overlap = (tile_size // 4) // m * m
-        self.tile_overlap = 0 if tile_size is None else tile_overlap // pipe.vae_scale_factor
-        self.decode_chunk_size = decode_chunk_size
-        self.output_latents = output_latents
-        self.callback, self.callback_inputs = callback_on_step_end, list(callback_on_step_end_tensor_inputs)
-        self.progress_bar = progress_bar
-        self.extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, eta)
-        pipe._guidance_scale = guidance_scale
-        pipe._interrupt = False
-        self.padded = (-(-height // m) * m, -(-width // m) * m)
-        self.latent_size = (self.padded[0] // pipe.vae_scale_factor, self.padded[1] // pipe.vae_scale_factor)
-        # per buffered frame: pixels (B, 3, 1, H, W) in [0, 1] (unpadded), blurry latents, initial noise
-        self._pixels: list[torch.Tensor] = []
-        self._blur: list[torch.Tensor | None] = []
-        self._noise: list[torch.Tensor | None] = []
-        self._start = 0  # absolute index of the first buffered frame
-        self._pushed = 0
-        self._held = 0  # buffered frames already denoised (the previous window's tail)
-        self._predictions: list[torch.Tensor] | None = None  # the held frames' model outputs, per step
-        self._tail: torch.Tensor | None = None  # final latents of the held frames
-        self._processed_any = False
-
-    @property
-    def device(self):
-        return self.pipe._execution_device
-
-    # ----------------------------------------------------------------------------------------- API
-    def push(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        if frames.ndim != 5 or frames.shape[0] != self.batch_size or frames.shape[1] != 3:
-            raise ValueError(f"expected frames ({self.batch_size}, 3, n, H, W), got {tuple(frames.shape)}")
-        if tuple(frames.shape[-2:]) != (self.height, self.width):
-            raise ValueError(f"frame size {frames.shape[-1]}x{frames.shape[-2]} differs from the stream's "
-                             f"{self.width}x{self.height}")
-        out = []
-        for i in range(frames.shape[2]):
-            self._pixels.append(frames[:, :, i : i + 1].float())
-            self._blur.append(None)
-            self._noise.append(None)
-            self._pushed += 1
-            if len(self._pixels) == self.window:
-                out += self._process(final=False)
-        return out
-
-    def flush(self) -> list[torch.Tensor]:
-        if len(self._pixels) > self._held or (not self._processed_any and self._pixels):
-            return self._process(final=True)
-        if self._tail is not None and self._held:
-            out = [self._emit(self._tail, self._pixels, self._blur)]
-            self._reset_buffer(0)
-            return out
-        return []
-
-    # ----------------------------------------------------------------------------------------- internals
-    def _noise_for(self, index: int) -> torch.Tensor:
-        pipe = self.pipe
-        if self.latents is not None:
-            return self.latents[:, :, index : index + 1].to(self.device)
-        shape = (self.batch_size, pipe.unet.config.out_channels, 1, *self.latent_size)
-        # drawn in float32 so the noise does not depend on the pipeline's dtype
-        noise = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
-        return noise * pipe.scheduler.init_noise_sigma
-
-    def _pad(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pad_to_multiple(pixels, self.pipe.spatial_multiple)[0]
-
-    def _process(self, final: bool) -> list[torch.Tensor]:
-        pipe = self.pipe
-        device, dtype = self.device, pipe.unet.dtype
-        n = len(self._pixels)
-        pixels = torch.cat(self._pixels, dim=2).to(device)
-        # VAE latents of the frames not encoded yet (the held ones were encoded with the previous window)
-        new = [i for i in range(n) if self._blur[i] is None]
-        if new:
-            enc = encode_video_latents(pipe.vae, self._pad(pixels[:, :, new[0] :]).to(pipe.vae.dtype),
-                                       chunk_size=self.decode_chunk_size)
-            for j, i in enumerate(range(new[0], n)):
-                self._blur[i] = enc[:, :, j : j + 1]
-        for i in range(n):
-            if self._noise[i] is None:
-                self._noise[i] = self._noise_for(self._start + i)
-        blur = torch.cat(self._blur, dim=2).to(dtype)
-        latents = torch.cat(self._noise, dim=2).to(dtype)
-        tokens = pipe.blur_encoder(pixels.to(pipe.blur_encoder.dtype))
-        keep = 0 if final else self.overlap
-        pipe._current_window = range(self._start, self._start + n)
-        try:
-            latents, predictions = pipe.denoise(
-                latents, blur, tokens, num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
-                extra_step_kwargs=self.extra_step_kwargs,
-                prev_predictions=self._predictions if self._held else None, record_last=keep,
-                tile=self.tile, tile_overlap=self.tile_overlap, progress_bar=self.progress_bar,
-                callback_on_step_end=self.callback, callback_on_step_end_tensor_inputs=self.callback_inputs,
-            )
-        finally:
-            pipe._current_window = None
-        self._processed_any = True
-        ready = n - keep
-        out = [self._emit(latents[:, :, :ready], self._pixels[:ready], self._blur[:ready])] if ready else []
-        self._predictions = predictions if keep else None
-        self._tail = latents[:, :, ready:] if keep else None
-        self._reset_buffer(keep)
-        return out
-
-    def _reset_buffer(self, keep: int) -> None:
-        drop = len(self._pixels) - keep
-        self._pixels, self._blur, self._noise = self._pixels[drop:], self._blur[drop:], self._noise[drop:]
-        self._start += drop
-        self._held = keep
-        if not keep:
-            self._predictions, self._tail = None, None
-
-    def _emit(self, latents: torch.Tensor, pixels: list[torch.Tensor], blur: list[torch.Tensor]) -> torch.Tensor:
-        """Final latents of the first frames of the buffer -> output frames; `pixels` / `blur` are those frames'
-        blurry input and its latents (for `residual_decode`)."""
-        blur_latents = torch.cat(blur, dim=2).to(latents.device) if blur else None
-        if self.residual_scale is not None:
-            latents = latents / self.residual_scale + blur_latents.to(latents.dtype)
-        if self.output_latents:
-            return latents
-        vae = self.pipe.vae
-        video = decode_video_latents(vae, latents.to(vae.dtype), chunk_size=self.decode_chunk_size)
-        video = crop_to(video, (self.height, self.width))
-        if not self.residual_decode:
-            return video
-        blur_rec = crop_to(decode_video_latents(vae, blur_latents.to(vae.dtype), chunk_size=self.decode_chunk_size),
-                           (self.height, self.width))
-        inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
-        return (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)

@@ -46,7 +46,7 @@ METHODS = {
 def worker(name: str, clip_dirs: list[str]) -> dict:
     """Run one method on every clip; per clip, write its output next to the clip and return timings."""
     from vdiffdeblur.baselines import richardson_lucy, unsharp_mask
-    from vdiffdeblur.cli import build_parser
+    from vdiffdeblur.cli import build_parser, deblur_options
     from vdiffdeblur.methods.runner import deblur_file
     from vdiffdeblur.video import read_video, write_video
 
@@ -69,8 +69,8 @@ def worker(name: str, clip_dirs: list[str]) -> dict:
                 write_video(out, frames, fps=meta["fps"], lossless=True)
             else:
                 argv = ["deblur", str(src), "-o", str(out), "--method", what, "--lossless"] + ([] if guard else ["--no-guard"])
-                deblur_file(src, out, method=what, options=vars(build_parser().parse_args(argv)) | {"quiet": True},
-                            overwrite=True)
+                options = deblur_options(build_parser().parse_args(argv + ["--quiet"]))
+                deblur_file(src, out, method=what, options=options, overwrite=True)
         except (NotImplementedError, FileNotFoundError, ValueError) as e:
             return {"error": " ".join(str(e).split())}
         res["clips"][d.name] = time.perf_counter() - t0

@@ -49,10 +49,10 @@ def stream_fps(model, width: int, height: int, frames: int, precision: str, comp
     clip = (rng.random((4, height, width, 3)) * 255).astype(np.uint8)
     d = OnlineDeblurrer(model, precision=precision, compile=compile)
     for i in range(3):  # warm-up (and compilation)
-        d.push(clip[i % 4])
+        d.push([clip[i % 4]])
     t = time.perf_counter()
     for i in range(frames):
-        d.push(clip[i % 4])
+        d.push([clip[i % 4]])
     dt = time.perf_counter() - t
     d.flush()
     return frames / dt
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
             res["peak_rss_ratio_1000_vs_100"] = mem[1000] / mem[100]
             logger.info("peak memory ratio 1000 / 100 frames: %.3f", res["peak_rss_ratio_1000_vs_100"])
     if args.quality:
-        from vdiffdeblur.methods.dtb_train import evaluate_shake
+        from vdiffdeblur.trainer.dtb import evaluate_shake
 
         res["quality"] = {}
         for name in [args.model or "shipped"] + list(args.compare):

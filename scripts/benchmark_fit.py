@@ -110,7 +110,9 @@ def _example_figure(clip: Path) -> None:
 def _curve(blur, sharp, hard, init: str, steps: int) -> tuple[list, list, float]:
     """PSNR of the blurriest third at the marks: of the weights the fit would end on if it stopped there (its
     moving average) and of the current iterate."""
-    from vdiffdeblur.methods.fit_to_test import FitConfig, FitToTestDeblurrer, output_psnr
+    from vdiffdeblur.methods.fit.config import FitConfig
+    from vdiffdeblur.methods.fit.deblurrer import FitToTestDeblurrer
+    from vdiffdeblur.methods.fit.psnr import output_psnr
 
     marks = set(m for m in MARKS if m <= steps) | {steps}
     curve, iterate = [], []

@@ -1,4 +1,4 @@
-"""Memory and time of the diffusion deblurrer against video length (issue 3's benchmark).
+"""Memory and time of the diffusion deblurrer against video length.
 
     python scripts/benchmark_pipeline.py                      # tiny random pipeline, 64x64, 16 vs 200 frames
     python scripts/benchmark_pipeline.py --model DIR --size 256x256 --frames 16 200 --steps 50 --device cuda
@@ -29,7 +29,7 @@ def make_clip(path: Path, frames: int, w: int, h: int, seed: int = 0) -> None:
 
 
 def _unet_frames(n: int, args) -> int:
-    from vdiffdeblur.pipelines.pipeline_deblur_video import num_windows
+    from vdiffdeblur.pipelines.windows import num_windows
 
     if n <= args.window:
         return n
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         model = args.model
         if model is None:
-            from vdiffdeblur.models.tiny import make_tiny_pipeline
+            from vdiffdeblur.pipelines.tiny import make_tiny_pipeline
 
             model = str(tmp / "tiny")
             make_tiny_pipeline(seed=0).save_pretrained(model)

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from vdiffdeblur.models.convert_t2v import convert_text_to_video
+    from vdiffdeblur.pipelines.convert_t2v import convert_text_to_video
     from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vdiffdeblur.cli import build_parser
+from vdiffdeblur.cli import build_parser, deblur_options
 from vdiffdeblur.data.synthetic import EVAL_PHOTOS, ShakeConfig, synthesize_shake
 from vdiffdeblur.evaluation import score
 from vdiffdeblur.methods.runner import deblur_file
@@ -29,7 +29,7 @@ METHODS = ["transfer", "dtb", "fit", "diffusion"]
 
 def run_method(method: str, src: Path, out: Path, extra: list[str]) -> tuple[np.ndarray | None, float, str]:
     args = build_parser().parse_args(["deblur", str(src), "-o", str(out), "--method", method, "--lossless", *extra])
-    options = vars(args) | {"quiet": False}
+    options = deblur_options(args)
     t0 = time.perf_counter()
     try:
         deblur_file(src, out, method=method, options=options, overwrite=True)

@@ -1,5 +1,5 @@
 """Assemble the untrained starting pipeline of the shipped small diffusion deblurrer around a trained VAE
-(`vdiffdeblur.models.small`): the folder `training/stage1.py` starts from.
+(`vdiffdeblur.pipelines.small`): the folder `training/stage1.py` starts from.
 
     python scripts/make_small_pipeline.py --vae outputs/diffusion_vae/vae --out outputs/diffusion_init [--seed 0]
 """
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     from diffusers import AutoencoderKL
 
-    from vdiffdeblur.models.small import make_small_pipeline
+    from vdiffdeblur.pipelines.small import make_small_pipeline
     from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)

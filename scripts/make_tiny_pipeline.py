@@ -1,4 +1,4 @@
-"""Write a tiny random DeblurVideoPipeline (the tests' configs, `vdiffdeblur.models.tiny`) to a folder.
+"""Write a tiny random DeblurVideoPipeline (the tests' configs, `vdiffdeblur.pipelines.tiny`) to a folder.
 
     python scripts/make_tiny_pipeline.py --out tiny-pipeline [--seed 0] [--prediction-type v_prediction]
 
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     args = p.parse_args(argv)
 
-    from vdiffdeblur.models.tiny import make_tiny_pipeline
+    from vdiffdeblur.pipelines.tiny import make_tiny_pipeline
     from vdiffdeblur.video import writing_atomically
 
     out = Path(args.out)

@@ -18,7 +18,7 @@ from vdiffdeblur.models.blur_encoder import (
     open_clip_visual_to_transformers,
     select_condition_frames,
 )
-from vdiffdeblur.models.tiny import TINY_CLIP_VISION_CONFIG
+from vdiffdeblur.pipelines.tiny import TINY_CLIP_VISION_CONFIG
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -208,7 +208,7 @@ def test_an_explicitly_named_corrupt_checkpoint_is_a_one_line_error(tmp_path, ca
 def test_a_real_trainer_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, caplog):
     """DTB: a run whose newest checkpoint lost its model file resumes from the one before and still ends at the
     uninterrupted run's weights."""
-    from vdiffdeblur.methods.dtb_train import DTBTrainConfig, train
+    from vdiffdeblur.trainer.dtb import DTBTrainConfig, train
 
     def cfg(out, **kw):
         base = dict(output_dir=str(out), channels=8, feature_channels=4, num_res_blocks=1, train_batch_size=2,
@@ -239,12 +239,12 @@ DRIVER = textwrap.dedent('''
     from torch.optim.optimizer import register_optimizer_step_pre_hook
     import accelerate
     from vdiffdeblur.trainer.cli import main as stage_main, vae_main
-    import vdiffdeblur.trainer.loop, vdiffdeblur.trainer.vae, vdiffdeblur.methods.dtb_train, vdiffdeblur.methods.maml
+    import vdiffdeblur.trainer.loop, vdiffdeblur.trainer.vae, vdiffdeblur.trainer.dtb, vdiffdeblur.trainer.maml
     # what the trainers import lazily, imported once here rather than in every child
     import accelerate.utils, diffusers.optimization, diffusers.training_utils, vdiffdeblur.metrics
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
-    from vdiffdeblur.models import fit_unet, perceptual, tiny, blur_encoder
-    from vdiffdeblur.pipelines import DeblurVideoPipeline
+    from vdiffdeblur.models import fit_unet, perceptual, blur_encoder
+    from vdiffdeblur.pipelines import DeblurVideoPipeline, tiny
     from vdiffdeblur.data.synthetic import load_photo
     load_photo("camera")
 

@@ -104,7 +104,7 @@ def test_flow_pads_frames_below_what_dis_accepts():
 
 def test_sharpness_and_fit_losses_take_frames_a_pixel_wide():
     from vdiffdeblur.losses import gradient_l1_per_sample
-    from vdiffdeblur.methods.fit_to_test import estimate_noise_sigma
+    from vdiffdeblur.methods.fit.blur_lengths import estimate_noise_sigma
     from vdiffdeblur.models.perceptual import DEFAULT_LAYERS, PerceptualLoss
     from vdiffdeblur.models.vgg import VGGFeatures
     from vdiffdeblur.sharpness import laplacian_variance
@@ -137,7 +137,7 @@ def test_unknown_or_missing_device_is_refused_before_any_work(clip, tmp_path, ca
 
 def test_library_device_names_are_checked():
     from vdiffdeblur.devices import check_device, resolve_device
-    from vdiffdeblur.methods.fit_to_test import resolve_device as fit_device
+    from vdiffdeblur.methods.fit.deblurrer import resolve_device as fit_device
 
     assert check_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda")
     for name in ("potato", "cuda:x", "xla"):
@@ -327,7 +327,7 @@ def _poison(module):
 
 
 def test_a_model_that_outputs_nan_is_refused_and_nothing_is_written(clip, tiny_model, tmp_path, capsys):
-    from vdiffdeblur.methods.fit_to_test import load_init
+    from vdiffdeblur.methods.fit.initialisation import load_init
     from vdiffdeblur.methods.online import load_dtb_model
     from vdiffdeblur.pipelines import DeblurVideoPipeline
 

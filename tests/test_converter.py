@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from vdiffdeblur.models.tiny import (
+from vdiffdeblur.pipelines.tiny import (
     TINY_CLIP_TEXT_CONFIG,
     TINY_CLIP_VISION_CONFIG,
     TINY_SCHEDULER_CONFIG,

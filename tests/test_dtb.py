@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vdiffdeblur.methods.online import DEFAULT_CHECKPOINT, OnlineDeblurrer, load_dtb_model, make_stream
+from vdiffdeblur.methods.options import DTBOptions, RunOptions
 from vdiffdeblur.models.dtb import DTBNet, TemporalBlending, reflect_index
 
 
@@ -133,8 +134,9 @@ def test_streaming_equals_whole_clip_exactly(variant, m, t, size):
         whole = net(clip)
     outs, lags = [], []
     for i in range(t):
-        o = stream.push(clip[i])
-        if o is not None:
+        ready = stream.push([clip[i]])
+        assert len(ready) <= 1
+        for o in ready:
             outs.append(o)
             lags.append(i - (len(outs) - 1))
     outs += stream.flush()
@@ -152,7 +154,7 @@ def test_streaming_equals_whole_clip_with_encoder_skip():
         no_skip = DTBNet(**{**net.config, "encoder_skip": False}).eval()
         no_skip.load_state_dict(net.state_dict())
         assert (no_skip(clip) - whole).abs().max() > 1e-4  # the skip is used
-    outs = [o for f in clip if (o := stream.push(f)) is not None] + stream.flush()
+    outs = [o for f in clip for o in stream.push([f])] + stream.flush()
     assert torch.equal(torch.stack(outs), whole.clamp(0, 1))
 
 
@@ -162,7 +164,7 @@ def test_streaming_equals_whole_clip_in_bfloat16():
     stream = OnlineDeblurrer(net, precision="bfloat16")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         whole = net(clip)
-    outs = [o for f in clip if (o := stream.push(f)) is not None] + stream.flush()
+    outs = [o for f in clip for o in stream.push([f])] + stream.flush()
     assert torch.equal(torch.stack(outs), whole.clamp(0, 1))
     # bfloat16 is a different computation from float32, but a close one
     with torch.no_grad():
@@ -175,17 +177,23 @@ def test_stream_memory_is_constant_and_resets():
     stream = OnlineDeblurrer(net, precision="float32")
     frames = (np.random.default_rng(1).random((30, 12, 14, 3)) * 255).astype(np.uint8)
     for i, f in enumerate(frames):
-        out = stream.push(f)
+        out = stream.push([f])
         assert len(stream._frames) <= 5
-        assert (out is None) == (i < 2)
-        if out is not None:
-            assert out.dtype == np.uint8 and out.shape == (12, 14, 3)
+        assert len(out) == (0 if i < 2 else 1)
+        for o in out:
+            assert o.dtype == np.uint8 and o.shape == (12, 14, 3)
     assert len(stream.flush()) == 2
     # a second video with a different size starts cleanly
     assert stream.deblur(frames[:4, :9, :9]).shape == (4, 9, 9, 3)
-    stream.push(frames[0])
+    stream.push([frames[0]])
     with pytest.raises(ValueError, match="stream started at"):
-        stream.push(frames[1, :10])
+        stream.push([frames[1, :10]])
+    stream.reset()
+    with pytest.raises(ValueError, match="wrap it in a list"):  # one frame is not a batch of frames
+        stream.push(frames[0])
+    # a batch at a time gives what one frame at a time gives
+    batched = stream.push(frames[:7]) + stream.push(frames[7:]) + stream.flush()
+    np.testing.assert_array_equal(np.stack(batched), stream.deblur(frames))
 
 
 def test_channels_last_and_precision_options():
@@ -238,15 +246,13 @@ def test_cli_dtb_streams_to_a_file(tmp_path):
 
 
 def test_make_stream_loads_the_shipped_checkpoint_by_default():
-    if not (DEFAULT_CHECKPOINT / "config.json").is_file():
-        pytest.skip("no shipped checkpoint yet")
-    stream = make_stream(None, None, {"device": "cpu"})
-    net = stream.deblurrer.model
+    stream = make_stream(None, None, RunOptions(device="cpu"), DTBOptions())
+    net = stream.model
     assert net.config.variant == "strcnn_dtb"
     size_mb = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.glob("*.safetensors")) / 1e6
     assert size_mb < 10
     frames = np.zeros((3, 16, 20, 3), np.uint8) + 128
-    outs = [o for f in frames for o in stream.push(f)] + stream.flush()
+    outs = [o for f in frames for o in stream.push([f])] + stream.flush()
     assert len(outs) == 3 and outs[0].shape == (16, 20, 3)
 
 
@@ -280,7 +286,7 @@ def test_shipped_cnn_variant_was_trained_the_same_way():
     option a record predates counts as its default."""
     from dataclasses import MISSING, fields
 
-    from vdiffdeblur.methods.dtb_train import DTBTrainConfig
+    from vdiffdeblur.trainer.dtb import DTBTrainConfig
 
     defaults = json.loads(json.dumps({f.name: f.default for f in fields(DTBTrainConfig) if f.default is not MISSING}))
     own = {"variant", "output_dir", "init_from", "model_config", "resume_from_checkpoint"}  # resuming is exact
@@ -292,7 +298,7 @@ def test_shipped_cnn_variant_was_trained_the_same_way():
 
 # ------------------------------------------------------------------------------------- training
 def _tiny_train_cfg(out, **kw):
-    from vdiffdeblur.methods.dtb_train import DTBTrainConfig
+    from vdiffdeblur.trainer.dtb import DTBTrainConfig
 
     base = dict(output_dir=str(out), channels=8, feature_channels=4, num_res_blocks=1, train_batch_size=2,
                 clip_len=3, crop=24, num_clips=2, frames_per_clip=4, synth_width=40, synth_height=32,
@@ -306,7 +312,7 @@ def _tiny_train_cfg(out, **kw):
 def test_training_writes_model_and_resume_is_exact(tmp_path):
     from safetensors.torch import load_file
 
-    from vdiffdeblur.methods.dtb_train import train
+    from vdiffdeblur.trainer.dtb import train
 
     # the last 2 of 4 steps are the log-MSE phase: the resumed run restarts at the switch, as the straight one did
     ft = dict(finetune_steps=2, finetune_learning_rate=5e-4)
@@ -328,7 +334,7 @@ def test_training_writes_model_and_resume_is_exact(tmp_path):
 def test_training_takes_dead_leaves_and_validates_on_photos(tmp_path):
     from vdiffdeblur.data import ShakeConfig, synthesize_shake
     from vdiffdeblur.data.dead_leaves import DEAD_LEAVES
-    from vdiffdeblur.methods.dtb_train import build_train_dataset, train, validation_clips
+    from vdiffdeblur.trainer.dtb import build_train_dataset, train, validation_clips
 
     cfg = _tiny_train_cfg(tmp_path, photos=("astronaut", DEAD_LEAVES), max_train_steps=2, checkpointing_steps=0,
                           num_validation_clips=2, fur_fraction=0.5)
@@ -341,7 +347,7 @@ def test_training_takes_dead_leaves_and_validates_on_photos(tmp_path):
 
 
 def test_training_refuses_evaluation_photos(tmp_path):
-    from vdiffdeblur.methods.dtb_train import train
+    from vdiffdeblur.trainer.dtb import train
 
     with pytest.raises(ValueError, match="kept for evaluation"):
         train(_tiny_train_cfg(tmp_path / "x", photos=("astronaut", "coffee")))
@@ -370,13 +376,15 @@ def test_train_script_parses_config(tmp_path):
     import importlib.util
     from pathlib import Path
 
+    from vdiffdeblur.trainer.dtb import dtb_cli
+
     spec = importlib.util.spec_from_file_location("train_dtb", Path(__file__).parents[1] / "training" / "train_dtb.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("channels: 9\nvariant: cnn\nbogus_option: 1\n")
     assert mod.main(["--config", str(cfg_file)]) == 2  # unknown option: a clear error, no training
-    args = mod.build_parser().parse_args(["--residual", "false", "--checkpoints_total_limit", "none"])
+    args = dtb_cli().parser.parse_args(["--residual", "false", "--checkpoints_total_limit", "none"])
     assert args.residual is False and args.checkpoints_total_limit is None
 
 
@@ -385,7 +393,7 @@ CNN_CHECKPOINT = DEFAULT_CHECKPOINT / "cnn"  # the CNN variant trained the same 
 
 
 def _coffee_row(path=None):
-    from vdiffdeblur.methods.dtb_train import evaluate_shake
+    from vdiffdeblur.trainer.dtb import evaluate_shake
 
     return evaluate_shake(load_dtb_model(path), photos=("coffee",), seeds=(0,))[0]
 
@@ -404,7 +412,7 @@ def test_shipped_checkpoint_meets_the_issue_bar():
 def test_shipped_checkpoint_helps_on_every_evaluation_photo():
     """Seed 0 of each evaluation photo: every clip gains on its blurriest third and over all its frames."""
     from vdiffdeblur.data import EVAL_PHOTOS
-    from vdiffdeblur.methods.dtb_train import evaluate_shake
+    from vdiffdeblur.trainer.dtb import evaluate_shake
 
     rows = evaluate_shake(load_dtb_model(), photos=EVAL_PHOTOS, seeds=(0,))
     for r in rows:  # measured: coffee +1.59 / +0.88, chelsea +0.52 / +0.11, motorcycle +1.30 / +0.80, coins +2.54 / +1.59
@@ -414,7 +422,7 @@ def test_shipped_checkpoint_helps_on_every_evaluation_photo():
 
 @pytest.mark.slow
 def test_strcnn_dtb_beats_the_cnn_variant_trained_the_same_way():
-    from vdiffdeblur.methods.dtb_train import evaluate_shake
+    from vdiffdeblur.trainer.dtb import evaluate_shake
     from vdiffdeblur.data import EVAL_PHOTOS
 
     dtb = evaluate_shake(load_dtb_model(), photos=EVAL_PHOTOS, seeds=(0,))

@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from vdiffdeblur.blur import apply_kernel, kernel_centroid, linear_motion_kernel, linear_to_srgb
+from vdiffdeblur.blur import (LengthSampler, apply_kernel, blur_crops, cut_patches, kernel_centroid,
+                              linear_motion_kernel, linear_to_srgb, make_kernel)
 from vdiffdeblur.frames import as_frames_tensor, to_uint8_frames
 from vdiffdeblur.losses import gradient_penalty, patch_sharpness, pixel_loss_per_sample, reweight
-from vdiffdeblur.methods import fit_to_test as ftt
-from vdiffdeblur.methods.fit_to_test import (FitConfig, FitToTestDeblurrer, LengthSampler, blur_crops,
-                                             blur_length_curve, cut_patches, lengths_from_scores, make_kernel,
-                                             sample_patches, scan_video)
+from vdiffdeblur.methods.fit import deblurrer
+from vdiffdeblur.methods.fit.blur_lengths import blur_length_curve, lengths_from_scores
+from vdiffdeblur.methods.fit.config import LEARNING_RATE, FitConfig
+from vdiffdeblur.methods.fit.deblurrer import FitToTestDeblurrer
+from vdiffdeblur.methods.fit.initialisation import SHIPPED_INIT, load_init
+from vdiffdeblur.methods.fit.patches import sample_patches
+from vdiffdeblur.methods.fit.psnr import output_psnr
+from vdiffdeblur.methods.fit.scan import scan_video
 from vdiffdeblur.models.discriminator import PatchCritic
 from vdiffdeblur.models.fit_unet import FitUNet
 from vdiffdeblur.sharpness import laplacian_variance, select_sharp_frames
@@ -111,14 +116,14 @@ def test_patches_come_only_from_the_selected_sharp_frames(tmp_path, monkeypatch)
         assert np.array_equal(to_uint8_frames(sharp[None])[0], src[y:y + 24, x:x + 24])
     # the method trains on exactly those frames, and every patch it draws is a crop of one of them
     seen = []
-    real = ftt.sample_patches
+    real = deblurrer.sample_patches
 
     def spy(frames_arg, *a, **k):
         b = real(frames_arg, *a, **k)
         seen.append((frames_arg, b))
         return b
 
-    monkeypatch.setattr(ftt, "sample_patches", spy)
+    monkeypatch.setattr(deblurrer, "sample_patches", spy)
     d = FitToTestDeblurrer(init=tiny_init(tmp_path), config=FitConfig(steps=3, batch_size=2, patch_size=24),
                            progress=False)
     d.fit(video)
@@ -177,7 +182,7 @@ def test_inverse_gamma_blurs_in_linear_light():
         # within one 8-bit level: 0.5 * 255 = 127.5 sits on a rounding boundary that FFT round-off decides
         assert mixed.item() == pytest.approx(expected, abs=1 / 255 + 1e-6)
     assert lin.mean() > srgb.mean()  # ~0.735 against 0.5: blur in linear light brightens mixtures
-    ref = apply_kernel(crop, k, linear_light=True)[:, :, 1:-1, 1:-1]  # same as the shared blur of vdiffdeblur.blur
+    ref = apply_kernel(crop, k, linear_light=True)[:, :, 1:-1, 1:-1]  # the padded-frame blur agrees with the crop one
     assert torch.allclose(lin, (ref * 255).round() / 255, atol=1 / 255 + 1e-6)
 
 
@@ -241,14 +246,14 @@ def test_reweighting_scales_the_loss_by_mvl_over_n():
 def test_fit_step_uses_the_reweighted_loss(tmp_path, monkeypatch):
     video = textured_video(n=6, sharp=(3,))
     calls = []
-    real = ftt.reweight
+    real = deblurrer.reweight
 
     def spy(per, sharpness, norm):
         out = real(per, sharpness, norm)
         calls.append((per.detach(), sharpness, norm, out.detach()))
         return out
 
-    monkeypatch.setattr(ftt, "reweight", spy)
+    monkeypatch.setattr(deblurrer, "reweight", spy)
     FitToTestDeblurrer(init=tiny_init(tmp_path), config=FitConfig(steps=2, batch_size=2, patch_size=24,
                                                                   reweight=True), progress=False).fit(video)
     assert len(calls) == 2
@@ -440,8 +445,6 @@ def test_postprocessing_accepts_another_methods_result(tmp_path):
 
 
 def test_init_options(tmp_path):
-    from vdiffdeblur.methods.fit_to_test import load_init
-
     a, b = load_init("random", seed=1), load_init("random", seed=1)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert isinstance(load_init(tiny_init(tmp_path)), FitUNet)
@@ -464,7 +467,7 @@ def test_learning_rate_follows_the_starting_point_unless_given(tmp_path, monkeyp
     cfg = FitConfig(steps=2, patch_size=32, calibration_patches=1)
     for init, want in [("random", 6e-4), (tiny_init(tmp_path), 3e-4), ("maml", 3e-4)]:
         d = FitToTestDeblurrer(init=init, config=cfg, progress=False)
-        assert d.learning_rate == want == ftt.LEARNING_RATE["random" if init == "random" else "learned"]
+        assert d.learning_rate == want == LEARNING_RATE["random" if init == "random" else "learned"]
         if init != "maml":
             d.fit(video)
             assert used[-1] == want
@@ -498,13 +501,13 @@ def test_cli_threads_override_the_load_based_choice(tmp_path, monkeypatch):
     from vdiffdeblur.cli import main
 
     asked = []
-    real = ftt.cpu_threads
+    real = deblurrer.cpu_threads
 
     def recording(n):
         asked.append(n)
         return real(n)
 
-    monkeypatch.setattr(ftt, "cpu_threads", recording)
+    monkeypatch.setattr(deblurrer, "cpu_threads", recording)
     assert main(["synth", "builtin:coffee", "-o", str(tmp_path / "clip"), "--frames", "4", "--size", "48x32"]) == 0
     args = ["deblur", str(tmp_path / "clip" / "blur.mkv"), "--method", "fit", "--init", tiny_init(tmp_path),
             "--steps", "1", "--no-guard"]
@@ -528,7 +531,7 @@ def test_quality_on_a_camera_shake_clip_from_an_unseen_photo(tmp_path):
     from vdiffdeblur.video import read_video
 
     assert "coffee" in EVAL_PHOTOS
-    meta = json.loads((ftt.SHIPPED_INIT / "meta_train.json").read_text())
+    meta = json.loads((SHIPPED_INIT / "meta_train.json").read_text())
     assert "coffee" not in meta["photos"]
     clip = tmp_path / "clip"
     assert main(["synth", "builtin:coffee", "-o", str(clip), "--frames", "40", "--size", "256x192"]) == 0
@@ -555,7 +558,7 @@ def test_maml_reaches_the_random_inits_final_psnr_in_a_tenth_of_the_steps():
     hard = hard_third(clip.blur_extent)
 
     def hard_psnr(net):
-        return ftt.output_psnr(net, clip.blurry[hard], clip.sharp[hard])
+        return output_psnr(net, clip.blurry[hard], clip.sharp[hard])
 
     class Stop(Exception):
         pass

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdiffdeblur.losses import diffusion_loss, diffusion_target, encoder_alignment_loss, temporal_coherence_loss
-from vdiffdeblur.models.tiny import TINY_SCHEDULER_CONFIG, TINY_V_SCHEDULER_CONFIG
+from vdiffdeblur.pipelines.tiny import TINY_SCHEDULER_CONFIG, TINY_V_SCHEDULER_CONFIG
 
 
 def _video(seed: int, shape=(2, 4, 5, 6, 7)) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vdiffdeblur.data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS
-from vdiffdeblur.methods.maml import (MetaConfig, MetaTrainConfig, PhotoTasks, Task, adapt, meta_loss, meta_train,
+from vdiffdeblur.trainer.maml import (MetaConfig, MetaTrainConfig, PhotoTasks, Task, adapt, meta_loss, meta_train,
                                       task_loss)
 from vdiffdeblur.models.fit_unet import FitUNet
 from vdiffdeblur.models.perceptual import PerceptualLoss
@@ -102,7 +102,7 @@ def test_photo_tasks_use_training_photos_only_and_two_blurs_of_the_same_patches(
 
 
 def test_photo_tasks_add_dead_leaves_pictures_but_validate_on_photos():
-    from vdiffdeblur.methods.maml import validation_tasks
+    from vdiffdeblur.trainer.maml import validation_tasks
 
     cfg = MetaConfig(patch_size=32, patches_per_task=2, max_length=12, scales=(0.5,))
     plain = PhotoTasks(["astronaut"], cfg)
@@ -149,7 +149,7 @@ def test_meta_train_writes_a_loadable_init_and_resumes(tmp_path):
 
 
 def test_the_shipped_initialisation():
-    from vdiffdeblur.methods.fit_to_test import SHIPPED_INIT, load_init
+    from vdiffdeblur.methods.fit.initialisation import SHIPPED_INIT, load_init
 
     files = {p.name: p.stat().st_size for p in SHIPPED_INIT.iterdir()}
     assert "config.json" in files and "diffusion_pytorch_model.safetensors" in files

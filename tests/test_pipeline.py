@@ -17,9 +17,14 @@ from diffusers import DDIMScheduler, UNet3DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from vdiffdeblur.models.tiny import TINY_T2V_UNET_CONFIG, TINY_V_SCHEDULER_CONFIG, make_tiny_pipeline, tiny_components
+from vdiffdeblur.pipelines.tiny import (
+    TINY_T2V_UNET_CONFIG,
+    TINY_V_SCHEDULER_CONFIG,
+    make_tiny_pipeline,
+    tiny_components,
+)
 from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput, ModelFolderError
-from vdiffdeblur.pipelines.pipeline_deblur_video import num_windows, tile_starts
+from vdiffdeblur.pipelines.windows import num_windows, tile_starts
 from vdiffdeblur.video import Video, VideoInfo
 
 from helpers import REPO

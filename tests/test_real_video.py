@@ -265,14 +265,14 @@ def test_synth_existing_folder(tmp_path, capsys):
 _SLOW_RUN = """
 import sys, time
 import vdiffdeblur.methods.transfer as t
-push = t.SharpTransfer.push
+push = t.SharpTransfer._push_one
 def slow(self, frame):
     if self.n_in == 12:  # some frames are out (transfer looks a few frames ahead)
         open(sys.argv[1], "w").write("ready")
     if self.n_in >= 12:
         time.sleep(1.0)
     return push(self, frame)
-t.SharpTransfer.push = slow
+t.SharpTransfer._push_one = slow
 from vdiffdeblur.cli import main
 sys.exit(main(["deblur", sys.argv[2], "-o", sys.argv[3], "--no-guard", *sys.argv[4:]]))
 """

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vdiffdeblur.models.conditioning import decode_video_latents
-from vdiffdeblur.models.tiny import make_tiny_pipeline, tiny_components
+from vdiffdeblur.pipelines.tiny import make_tiny_pipeline, tiny_components
 from vdiffdeblur.pipelines import DeblurVideoPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +87,7 @@ def test_stream_residual_decode_matches_call_across_windows():
 def test_make_small_pipeline_fits_a_trained_vae():
     from diffusers import AutoencoderKL
 
-    from vdiffdeblur.models.small import SMALL_SAMPLING, make_small_pipeline
+    from vdiffdeblur.pipelines.small import SMALL_SAMPLING, make_small_pipeline
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=6, down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,

@@ -93,7 +93,7 @@ def stage1_out(tmp_path_factory):
 
 
 def test_stage1_changes_only_blur_encoder_and_new_conv_in_channels(stage1_out):
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
 
     before = tiny_components(seed=0)  # tiny.yaml: pretrained tiny, tiny_seed 0, epsilon
     after = _load(stage1_out)
@@ -150,7 +150,7 @@ def test_stage2_from_stage1_trains_unet_and_encoder_not_vae(stage1_out, tmp_path
 def test_coherence_weight_changes_the_loss_on_a_moving_clip():
     from diffusers import DDPMScheduler
 
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
     from vdiffdeblur.trainer.components import DeblurTrainModel
     from vdiffdeblur.trainer.objective import LossWeights, compute_losses
 
@@ -174,7 +174,7 @@ def test_coherence_weight_changes_the_loss_on_a_moving_clip():
 
 
 def test_training_scheduler_keeps_the_base_parameterisation():
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
     from vdiffdeblur.trainer.components import training_scheduler
 
     for kind in ("epsilon", "v_prediction"):
@@ -186,7 +186,7 @@ def test_training_scheduler_keeps_the_base_parameterisation():
 
 
 def test_alignment_loss_pulls_encoder2_on_blurry_towards_teacher_on_sharp():
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
     from vdiffdeblur.trainer.components import DeblurTrainModel, load_teacher, training_scheduler
     from vdiffdeblur.trainer.objective import LossWeights, compute_losses
 
@@ -216,7 +216,7 @@ def test_alignment_loss_pulls_encoder2_on_blurry_towards_teacher_on_sharp():
 def test_report_to_auto_and_missing_tensorboard(monkeypatch):
     import importlib.util
 
-    from vdiffdeblur.trainer.loop import resolve_report_to
+    from vdiffdeblur.trainer.toolkit import resolve_report_to
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -325,7 +325,7 @@ def test_resume_is_exact(tmp_path, stage):
 
 # ============================================================================ pieces
 def test_stage1_conv_in_mask_keeps_pretrained_channels_under_adamw():
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
     from vdiffdeblur.trainer.components import configure_trainable
 
     c = tiny_components(seed=1)
@@ -375,7 +375,7 @@ def test_condition_dropout_zeroes_tokens_at_the_asked_rate():
 def test_gradient_checkpointing_gives_the_same_gradients():
     from diffusers import DDPMScheduler
 
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
     from vdiffdeblur.trainer.components import DeblurTrainModel, configure_trainable, enable_gradient_checkpointing
     from vdiffdeblur.trainer.objective import LossWeights, compute_losses
 
@@ -401,7 +401,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_bf16_mixed_precision_saves_untouched_frozen_weights(tmp_path):
-    from vdiffdeblur.models.tiny import tiny_components
+    from vdiffdeblur.pipelines.tiny import tiny_components
 
     cfg = _tiny_cfg(tmp_path, stage=1, mixed_precision="bf16", max_train_steps=1)
     _train(cfg)

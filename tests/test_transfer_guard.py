@@ -73,7 +73,7 @@ def test_streaming_equals_whole_clip(panning_clip):
     s = SharpTransfer(TransferConfig(radius=3))
     got, ready_at = [], []
     for i, f in enumerate(blurry):
-        r = s.push(f)
+        r = s.push([f])
         ready_at.append(len(r))
         got += r
     got += s.flush()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .blur import linear_to_srgb, srgb_to_linear
+from .blur import blur_image, linear_to_srgb, srgb_to_linear
 
 
 def unsharp_mask(frames: np.ndarray, amount: float = 1.0, sigma: float = 1.5) -> np.ndarray:
@@ -23,13 +23,11 @@ def richardson_lucy(frame: np.ndarray, kernel: np.ndarray, iterations: int = 30)
     x = srgb_to_linear(frame.astype(np.float32) / 255.0)
     k = np.asarray(kernel, np.float32)
     k = k / k.sum()
-    kf = np.ascontiguousarray(k[::-1, ::-1])
     pad = k.shape[0]
     obs = cv2.copyMakeBorder(x, pad, pad, pad, pad, cv2.BORDER_REFLECT) + 1e-4
     est = obs.copy()
     for _ in range(iterations):
-        conv = cv2.filter2D(est, -1, kf, borderType=cv2.BORDER_REFLECT)  # est * k (true convolution)
-        ratio = obs / np.maximum(conv, 1e-6)
-        est = est * cv2.filter2D(ratio, -1, k, borderType=cv2.BORDER_REFLECT)  # correlation with k
+        ratio = obs / np.maximum(blur_image(est, k), 1e-6)
+        est = est * blur_image(ratio, k[::-1, ::-1])  # the blur's adjoint: correlation with k
     est = est[pad:-pad, pad:-pad] - 1e-4
     return (np.clip(linear_to_srgb(est), 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,9 +1,13 @@
-"""Motion-blur synthesis: kernels, sRGB <-> linear light, blurring by kernel or by averaging sub-frames.
+"""Motion-blur synthesis: kernels, sRGB <-> linear light, blurring, and the random degradations of synthetic
+training pairs (kernel lengths, crops, blur + sensor noise + 8-bit rounding).
 
 Kernels follow the fit-to-test-data paper (section III-B): a motion vector (length, angle) drawn as an
 anti-aliased (sub-pixel) line; *symmetric* kernels centre the line on the kernel centre (the sharp frame
 is the middle of the exposure), *asymmetric* ones start it there. Blurring happens in linear light
 (inverse gamma, blur, gamma), as real blur happens on raw sensor values.
+
+Two blurs: :func:`fft_blur` for tensors (everything in torch: :func:`apply_kernel`, training pairs, the fit's
+blur calibration) and :func:`blur_image` for numpy images (OpenCV: the guard, transfer, baselines).
 """
 
 from __future__ import annotations
@@ -143,11 +147,86 @@ def kernel_extent(kernel: np.ndarray) -> float:
     return float(math.sqrt(12 * max(np.linalg.eigvalsh(cov)[-1], 0.0)))
 
 
+# --------------------------------------------------------------------------------------- random training kernels
+KERNEL_TYPES = ("symmetric", "asymmetric", "simulated")
+
+
+def make_kernel(kind: str, length: float, angle: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One blur kernel of the given type: the paper's symmetric line, a line starting at the centre, or a
+    random camera-shake trajectory ("simulated", Kupyn et al.) of the same path length."""
+    if kind == "symmetric":
+        return linear_motion_kernel(length, angle, size=size, symmetric=True)
+    if kind == "asymmetric":
+        return linear_motion_kernel(length, angle, size=size, symmetric=False)
+    if kind == "simulated":
+        if length < 1:
+            return linear_motion_kernel(length, angle, size=size, symmetric=True)
+        return random_trajectory_kernel(size=size, length=length, generator=rng)
+    raise ValueError(f"unknown kernel type {kind!r}; choose from {', '.join(KERNEL_TYPES)}")
+
+
+def kernel_size_for(max_length: float, kind: str) -> int:
+    """The odd kernel size that holds a ``kind`` kernel of ``max_length`` px, with a pixel to spare each side."""
+    reach = max_length if kind == "asymmetric" else max_length / 2
+    return int(2 * math.ceil(reach) + 3) | 1
+
+
+def random_kernels(lengths: list[float], kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One kernel per length, each at a random angle, all on one grid just large enough: (n, k, k)."""
+    size = kernel_size_for(max(lengths), kind)
+    return np.stack([make_kernel(kind, l, float(rng.uniform(0, 180)), size, rng) for l in lengths])
+
+
+class LengthSampler:
+    """Draws training kernel lengths (px): ``zero_fraction`` near zero (0..1 px); of the rest, two thirds copy the
+    blur of a frame of the video (an ``observed`` length of at least 1 px scaled by a random factor in ``jitter``)
+    and the others (all of them when nothing is observed) are uniform in 1..``max_length``, or log-uniform
+    with ``log_uniform``."""
+
+    def __init__(self, max_length: float, observed=(), zero_fraction: float = 0.25, jitter=(0.7, 1.3),
+                 log_uniform: bool = False):
+        self.max_length = float(max_length)
+        self.observed = np.asarray([l for l in observed if l >= 1.0], dtype=np.float64)
+        self.zero_fraction = zero_fraction
+        self.jitter = tuple(jitter)
+        self.log_uniform = log_uniform
+
+    def __call__(self, rng: np.random.Generator) -> float:
+        if rng.random() < self.zero_fraction:
+            return float(rng.uniform(0.0, 1.0))
+        if len(self.observed) and rng.random() < 2 / 3:
+            return float(min(self.max_length, rng.choice(self.observed) * rng.uniform(*self.jitter)))
+        if self.log_uniform:
+            return float(math.exp(rng.uniform(0.0, math.log(self.max_length))))
+        return float(rng.uniform(1.0, self.max_length))
+
+
 # --------------------------------------------------------------------------------------- blurring
+def fft_blur(x: torch.Tensor, kernels, margin: int, spectrum: torch.Tensor | None = None) -> torch.Tensor:
+    """True convolution of images (N, C, H, W) by kernels (N, k, k), one per image, or (k, k) for all, by FFT.
+
+    The FFT wraps around, so the result leaves out ``margin`` px all round (k <= 2 * margin + 1): pad or crop
+    with that margin first. ``spectrum``: ``torch.fft.rfft2(x)``, reused when one image gets many kernels.
+    """
+    k = kernels.shape[-1]
+    if k > 2 * margin + 1:
+        raise ValueError(f"a {k}x{k} kernel needs a margin of {k // 2} px, got {margin}")
+    kernels = torch.as_tensor(kernels, dtype=x.dtype)
+    if kernels.ndim == 2:
+        kernels = kernels[None]
+    hh, ww = x.shape[-2:]
+    kk = torch.zeros(kernels.shape[0], hh, ww, dtype=x.dtype, device=x.device)
+    kk[:, :k, :k] = kernels
+    kk = torch.roll(kk, shifts=(-(k // 2), -(k // 2)), dims=(1, 2))  # kernel centre on pixel (0, 0)
+    xf = torch.fft.rfft2(x) if spectrum is None else spectrum
+    y = torch.fft.irfft2(xf * torch.fft.rfft2(kk)[:, None], s=(hh, ww))
+    return y[..., margin:hh - margin, margin:ww - margin]
+
+
 def apply_kernel(frames: torch.Tensor, kernel, linear_light: bool = True) -> torch.Tensor:
     """Blur frames (F, 3, H, W) in [0, 1] by a kernel (k, k) shared by all frames or one per frame (F, k, k).
 
-    A true convolution (the kernel is flipped), reflect-padded so the output keeps the input's size.
+    A true convolution (:func:`fft_blur`), reflect-padded so the output keeps the input's size.
     With ``linear_light`` the blur is done on linearised values and re-encoded to sRGB.
     """
     if frames.ndim != 4:
@@ -155,18 +234,20 @@ def apply_kernel(frames: torch.Tensor, kernel, linear_light: bool = True) -> tor
     k = torch.as_tensor(np.asarray(kernel) if not isinstance(kernel, torch.Tensor) else kernel,
                         dtype=frames.dtype, device=frames.device)
     if k.ndim == 2:
-        k = k.expand(frames.shape[0], *k.shape)
-    if k.ndim != 3 or k.shape[0] != frames.shape[0] or k.shape[1] % 2 == 0 or k.shape[1] != k.shape[2]:
+        k = k[None]
+    if k.ndim != 3 or k.shape[0] not in (1, frames.shape[0]) or k.shape[1] % 2 == 0 or k.shape[1] != k.shape[2]:
         raise ValueError(f"kernel must be (k, k) or (F, k, k) with odd k, got {tuple(k.shape)}")
-    k = torch.flip(k, dims=(-2, -1))
-    f, c, h, w = frames.shape
+    h, w = frames.shape[-2:]
     x = srgb_to_linear(frames) if linear_light else frames
     p = k.shape[-1] // 2
     mode = "reflect" if p < h and p < w else "replicate"
-    x = F.pad(x.reshape(1, f * c, h, w), (p, p, p, p), mode=mode)
-    weight = k.repeat_interleave(c, dim=0)[:, None]  # (F*C, 1, k, k), one kernel per frame
-    y = F.conv2d(x, weight, groups=f * c).reshape(f, c, h, w)
+    y = fft_blur(F.pad(x, (p, p, p, p), mode=mode), k, p)
     return linear_to_srgb(y) if linear_light else y.clamp(0, 1)
+
+
+def blur_image(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve an (H, W) or (H, W, C) float image with a kernel (true convolution, reflect borders)."""
+    return cv2.filter2D(image, -1, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REFLECT)
 
 
 def average_subframes(subframes, tau: int | None = None, linear_light: bool = True):
@@ -189,6 +270,51 @@ def average_subframes(subframes, tau: int | None = None, linear_light: bool = Tr
     return blurry, sharp
 
 
+# --------------------------------------------------------------------------------------- training pairs
+def cut_patches(frames: list[torch.Tensor], n: int, patch_size: int, margin: int, rng: np.random.Generator):
+    """``n`` random ``patch_size`` crops of the frames (3, H, W) with ``margin`` extra pixels all round (taken
+    from the frame where it exists, reflected where it does not). Patches are capped by the smallest frame.
+
+    Returns (crops (n, 3, P + 2m, P + 2m), frame index of each, (y, x) of each patch's top-left corner).
+    """
+    if not frames:
+        raise ValueError("no training frames")
+    p = min(patch_size, min(f.shape[-2] for f in frames), min(f.shape[-1] for f in frames))
+    m = margin
+    crops, ids, pos = [], [], []
+    for _ in range(n):
+        i = int(rng.integers(len(frames)))
+        f = frames[i]
+        fh, fw = f.shape[-2:]
+        y, x = int(rng.integers(0, fh - p + 1)), int(rng.integers(0, fw - p + 1))
+        crop = f[:, max(0, y - m): y + p + m, max(0, x - m): x + p + m]
+        pads = (m - (x - max(0, x - m)), m - (min(fw, x + p + m) - x - p), m - (y - max(0, y - m)),
+                m - (min(fh, y + p + m) - y - p))
+        if any(pads):
+            mode = "reflect" if max(pads) < min(crop.shape[-2:]) else "replicate"
+            crop = F.pad(crop[None], pads, mode=mode)[0]
+        crops.append(crop), ids.append(i), pos.append((y, x))
+    return torch.stack(crops), ids, pos
+
+
+def noise_and_quantise(x: torch.Tensor, noise_sigma: float = 0.0, generator: torch.Generator | None = None):
+    """What a camera adds to a blurred image: Gaussian sensor noise of ``noise_sigma``, then 8-bit levels."""
+    if noise_sigma > 0:
+        x = x + torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * noise_sigma
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def blur_crops(crops: torch.Tensor, kernels: np.ndarray, margin: int, inverse_gamma: bool = True,
+               noise_sigma: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur each crop (n, 3, P + 2m, P + 2m) by its kernel (n, k, k), k <= 2m + 1, and keep the centre P x P:
+    :func:`fft_blur`, in linear light with ``inverse_gamma``, then :func:`noise_and_quantise`, like a video."""
+    x = srgb_to_linear(crops) if inverse_gamma else crops
+    y = fft_blur(x, kernels, margin).clamp(0, 1)
+    y = linear_to_srgb(y) if inverse_gamma else y
+    return noise_and_quantise(y, noise_sigma, generator)
+
+
+# --------------------------------------------------------------------------------------- fitting a kernel
 DEFAULT_FIT_LENGTHS = (0, 1, 2, 3, 4, 6, 8, 11, 15, 20, 26)
 
 
@@ -218,14 +344,10 @@ def fit_linear_kernel(sharp: np.ndarray, blurry: np.ndarray, lengths=DEFAULT_FIT
         angles = [0.0] if length == 0 else np.arange(n_angles) * 180.0 / n_angles
         for a in angles:
             k = linear_motion_kernel(length * scale, a)
-            ko = cv2.filter2D(o, -1, k[::-1, ::-1], borderType=cv2.BORDER_REFLECT)[crop]
+            ko = blur_image(o, k)[crop]
             err = float(((ko / (ko.std() + 1e-6) - i) ** 2).mean())
             if err < best[0]:
                 best = (err, float(length), float(a))
     _, length, angle = best
     return length, angle, linear_motion_kernel(length, angle)
 
-
-def blur_image(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve an (H, W) or (H, W, C) float image with a kernel (true convolution, reflect borders)."""
-    return cv2.filter2D(image, -1, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REFLECT)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .argtypes import device_name, float_from, int_in
+from .argtypes import float_from, int_in
+from .methods.options import add_arguments as add_method_arguments
 
 logger = logging.getLogger("vdiffdeblur")
 
@@ -155,6 +156,14 @@ def cmd_info(args) -> int:
 
 
 # --------------------------------------------------------------------------------------- deblur
+def deblur_options(args) -> dict:
+    """The method options of a parsed ``deblur`` command line, as :func:`~vdiffdeblur.methods.runner.deblur_file`
+    takes them."""
+    from .methods.options import known_keys
+
+    return {k: v for k, v in vars(args).items() if k in known_keys()}
+
+
 def cmd_deblur(args) -> int:
     from .methods.runner import deblur_file
     from .outputs import check_output
@@ -170,7 +179,8 @@ def cmd_deblur(args) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    info = deblur_file(args.input, args.output, method=args.method, options=vars(args), overwrite=args.overwrite)
+    info = deblur_file(args.input, args.output, method=args.method, options=deblur_options(args),
+                       overwrite=args.overwrite)
     dt = time.perf_counter() - t0
     print(f"wrote {args.output}: {info.num_frames} frames {info.width}x{info.height} in {dt:.1f} s "
           f"({args.method}{', guard' if args.guard else ''}{', transfer' if args.transfer else ''})")
@@ -213,48 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output video (.mp4, .mkv, ...) or a path without suffix for a PNG folder")
     d.add_argument("--method", choices=["diffusion", "fit", "dtb", "transfer"], default="transfer",
                    help="how to deblur (default: %(default)s, sharp-frame transfer)")
-    d.add_argument("--model", help="model folder for the method (diffusion: a DeblurVideoPipeline folder; dtb: a "
-                   "DTBNet folder; default: the shipped model)")
-    d.add_argument("--transfer", action="store_true", help="run sharp-frame transfer after the method")
-    d.add_argument("--no-guard", dest="guard", action="store_false",
-                   help="keep the method's output as it is (the do-no-harm guard is on by default)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (never the input, a folder holding it, or a folder holding "
                         "anything but this tool's frames); default: refuse")
-    d.add_argument("--lossless", action="store_true", help="write the output losslessly (default: H.264 at --crf)")
-    d.add_argument("--crf", type=int_in(0, 51), default=18,
-                   help="H.264 quality of the output, 0 to 51, lower is better (default: %(default)s)")
-    d.add_argument("--window", type=int_in(1), default=None,
-                   help="diffusion: frames per window, at least 1 (default: the pipeline's, 16)")
-    d.add_argument("--overlap", type=int_in(0), default=None,
-                   help="diffusion: frames shared by consecutive windows, less than --window (default: the "
-                        "pipeline's, 4)")
-    d.add_argument("--device", type=device_name, default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps (default: auto, cuda if available)")
-    d.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^32-1 (default: %(default)s)")
-    d.add_argument("--threads", type=int_in(1), default=None,
-                   help="CPU threads for PyTorch, at least 1 (default: PyTorch's choice; 1 is often fastest on a "
-                        "busy shared CPU)")
-    # dtb
-    d.add_argument("--compile", action="store_true",
-                   help="dtb: torch.compile the network (about 30 s to compile per frame size, then faster)")
-    # diffusion
-    d.add_argument("--steps", type=int_in(1), default=None,
-                   help="diffusion: DDIM steps (default: the pipeline's, 50 unless saved otherwise); fit: fitting "
-                        "steps (default: 1000); at least 1")
-    d.add_argument("--guidance", type=float_from(0), default=None,
-                   help="diffusion: classifier-free guidance scale, >= 0; 1 or less runs without guidance "
-                        "(default: the pipeline's, 3 unless saved otherwise)")
-    d.add_argument("--dtype", default="auto",
-                   help="diffusion: float32, float16, bfloat16 or auto (default: %(default)s, bfloat16/float16 on "
-                        "CUDA, else float32)")
-    # fit
-    d.add_argument("--init", default=None,
-                   help="fit: maml (the shipped initialisation), random or a FitUNet folder (default: maml)")
-    d.add_argument("--vgg-weights", help="fit: local VGG-19 weights (torchvision .pth or MatConvNet .mat; default: "
-                   "none, a pixel loss instead of the perceptual loss)")
-    d.add_argument("--learning-rate", type=float_from(0, inclusive=False), default=None,
-                   help="fit: Adam's peak learning rate, > 0 (default: 3e-4 from a learned init, 6e-4 from random)")
+    add_method_arguments(d)
     d.set_defaults(func=cmd_deblur)
     return p
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..blur import blur_image
+
 #: the source name that stands for a new dead-leaves picture per clip
 DEAD_LEAVES = "dead_leaves"
 
@@ -161,7 +163,7 @@ def _fur_patch(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndar
     pts = np.round(np.array([[c - dx, c - dy], [c + dx, c + dy]]) * 16).astype(np.int32)
     cv2.line(k, tuple(int(v) for v in pts[0]), tuple(int(v) for v in pts[1]), 255, 1, cv2.LINE_AA, 4)
     k = k.astype(np.float32) / max(float(k.sum()), 1.0)
-    streak = cv2.filter2D(noise, -1, k, borderType=cv2.BORDER_REFLECT)
+    streak = blur_image(noise, k[::-1, ::-1])  # a correlation with k: blur_image convolves, so k goes in flipped
     streak /= float(streak.std()) + 1e-6
     tint = 1.0 + 0.3 * rng.standard_normal(3)
     gain = 1.0 + rng.uniform(0.1, 0.45) * streak[..., None] * tint.astype(np.float32)

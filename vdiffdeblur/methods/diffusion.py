@@ -14,36 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..devices import resolve_device as _resolve_device
+from ..devices import resolve_device, resolve_precision
 from ..frames import check_finite, to_uint8_frames
 from ..model_folders import require_kind
 from ..outputs import check_output, remove_path
 from ..video import VideoInfo, probe
+from .stream import frame_list
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
-def resolve_device(name: str | None = "auto") -> torch.device:
-    """`auto` -> cuda if available, else mps, else cpu; otherwise the named device (checked to exist)."""
-    return _resolve_device(name, prefer_mps=True)
-
-
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on GPUs that support it, else float16 on CUDA; float32 elsewhere."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use auto, float32, float16 or bfloat16")
-    return DTYPES[name]
+    """The torch dtype of ``name`` for the pipeline on ``device`` (``auto``: see ``devices.resolve_precision``)."""
+    return getattr(torch, resolve_precision(name, device, "diffusion"))
 
 
 #: the small pipeline shipped with the package (training/configs/small*.yaml; docs/diffusion.md)
@@ -94,7 +76,8 @@ def make_generator(seed: int | None) -> torch.Generator | None:
 
 
 class DiffusionFrameStream:
-    """The CLI's `FrameStream` over a `DeblurVideoStream`: uint8 `(H, W, 3)` frames in, uint8 frames out, in order.
+    """The diffusion method as a FrameStream over the pipeline's tensor stream: uint8 `(H, W, 3)` frames in, uint8
+    frames out, in order.
 
     Frames come out in bursts of one window (minus the overlap) as soon as a window is denoised.
     """
@@ -113,13 +96,16 @@ class DiffusionFrameStream:
             kwargs["window_overlap"] = window_overlap
         self.session = pipe.open_stream(height, width, batch_size=1, **kwargs)
 
-    def push(self, frame: np.ndarray) -> list[np.ndarray]:
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div(255.0)
+    def push(self, frames) -> list[np.ndarray]:
+        frames = frame_list(frames)
+        if not frames:
+            return []
+        frames = np.stack([np.asarray(f) for f in frames])
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"expected uint8 (H, W, 3) frames, got {frames.dtype} {frames.shape[1:]}")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(255.0)  # (3, F, H, W)
         with torch.no_grad():
-            return self._to_frames(self.session.push(x[None, :, None]))
+            return self._to_frames(self.session.push(x[None]))
 
     def flush(self) -> list[np.ndarray]:
         with torch.no_grad():
@@ -132,24 +118,15 @@ class DiffusionFrameStream:
         return out
 
 
-def _opt(options: dict, key: str, default=None):
-    value = options.get(key)
-    return default if value is None else value
-
-
-def make_stream(source, info: VideoInfo, options: dict) -> DiffusionFrameStream:
-    """The CLI factory (`vdiffdeblur deblur --method diffusion --model DIR`): options are the CLI's arguments
-    (`model`, `device`, `dtype`, `steps`, `guidance`, `window`, `overlap`, `seed`; optional `tile_size`,
-    `decode_chunk_size`, `cpu_offload`, `vae_slicing`, `vae_tiling`)."""
-    pipe = load_pipeline(options.get("model"), device=_opt(options, "device", "auto"),
-                         dtype=_opt(options, "dtype", "auto"), cpu_offload=bool(options.get("cpu_offload")),
-                         vae_slicing=bool(options.get("vae_slicing")), vae_tiling=bool(options.get("vae_tiling")))
+def make_stream(source, info: VideoInfo, run, opts) -> DiffusionFrameStream:
+    """``--method diffusion``: ``opts`` is a :class:`~vdiffdeblur.methods.options.DiffusionOptions`."""
+    pipe = load_pipeline(opts.model, device=run.device, dtype=opts.dtype, cpu_offload=opts.cpu_offload,
+                         vae_slicing=opts.vae_slicing, vae_tiling=opts.vae_tiling)
     pipe.set_progress_bar_config(disable=True)  # the caller shows progress per frame
     return DiffusionFrameStream(
-        pipe, info.height, info.width, num_inference_steps=options.get("steps"),
-        guidance_scale=options.get("guidance"), seed=_opt(options, "seed", 0), window_size=options.get("window"),
-        window_overlap=options.get("overlap"), tile_size=options.get("tile_size"),
-        decode_chunk_size=_opt(options, "decode_chunk_size", 8),
+        pipe, info.height, info.width, num_inference_steps=opts.steps, guidance_scale=opts.guidance, seed=run.seed,
+        window_size=opts.window, window_overlap=opts.overlap, tile_size=opts.tile_size,
+        decode_chunk_size=opts.decode_chunk_size,
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..blur import blur_image, fit_linear_kernel, srgb_to_linear
 from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
+from .stream import FrameStream, frame_list, run
 
 
 @dataclass
@@ -64,10 +65,13 @@ def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: Guard
 
 
 class DoNoHarmGuard:
-    """Streaming guard over (input, output) pairs with ``radius`` frames of look-ahead."""
+    """A FrameStream around a method's stream: each frame that comes out is the method's output for it, kept only
+    as far as the evidence supports (``radius`` frames of look-ahead on top of the method's own)."""
 
-    def __init__(self, config: GuardConfig | None = None):
+    def __init__(self, method: FrameStream, config: GuardConfig | None = None):
+        self.method = method
         self.cfg = config or GuardConfig()
+        self.inputs: deque = deque()  # input frames whose method output has not come out yet
         self.frames: deque = deque()  # (index, x, y, grey x)
         self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
         self.n_in = self.n_out = 0
@@ -98,7 +102,7 @@ class DoNoHarmGuard:
             self.pairs = {k: v for k, v in self.pairs.items() if k[0] != old}
         return out
 
-    def push(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    def _add(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         if x.shape != y.shape:
             raise ValueError(f"guard: output frame {self.n_in} has shape {y.shape}, input {x.shape}")
         self.frames.append((self.n_in, x, y, gray_float(x)))
@@ -109,17 +113,32 @@ class DoNoHarmGuard:
             ready.append(self._emit())
         return ready
 
+    def _pair(self, outputs) -> list[np.ndarray]:
+        return [o for y in outputs for o in self._add(self.inputs.popleft(), y)]
+
+    def push(self, frames) -> list[np.ndarray]:
+        frames = frame_list(frames)
+        self.inputs.extend(frames)
+        return self._pair(self.method.push(frames))
+
     def flush(self) -> list[np.ndarray]:
-        ready = []
+        ready = self._pair(self.method.flush())
         while self.n_out < self.n_in:
             ready.append(self._emit())
         return ready
 
 
-class GuardStream(DoNoHarmGuard):
-    @classmethod
-    def from_options(cls, info, options: dict) -> "GuardStream":
-        return cls(GuardConfig())
+class _Given:
+    """A FrameStream that answers with outputs computed beforehand (to guard a whole clip at once)."""
+
+    def __init__(self, outputs):
+        self.outputs = deque(outputs)
+
+    def push(self, frames) -> list:
+        return [self.outputs.popleft() for _ in frame_list(frames)]
+
+    def flush(self) -> list:
+        return []
 
 
 def guard(inputs: np.ndarray, outputs: np.ndarray, config: GuardConfig | None = None) -> np.ndarray:
@@ -128,6 +147,4 @@ def guard(inputs: np.ndarray, outputs: np.ndarray, config: GuardConfig | None = 
     if inputs.shape != outputs.shape or inputs.dtype != np.uint8 or outputs.dtype != np.uint8 or inputs.ndim != 4:
         raise ValueError(f"guard needs uint8 (F, H, W, 3) inputs and outputs of one shape, got {inputs.shape} "
                          f"{inputs.dtype} and {outputs.shape} {outputs.dtype}")
-    g = DoNoHarmGuard(config)
-    res = [o for x, y in zip(inputs, outputs) for o in g.push(x, y)] + g.flush()
-    return np.stack(res)
+    return run(DoNoHarmGuard(_Given(outputs), config), inputs)

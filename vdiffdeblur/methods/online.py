@@ -18,37 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..devices import resolve_device
+from ..devices import resolve_device, resolve_precision
 from ..frames import as_frames_tensor, check_finite, crop_to, pad_to_multiple, to_uint8_frames
 from ..model_folders import require_kind
 from ..models.dtb import DTBNet, DTBState, reflect_index
+from .stream import OneByOne, run
 
 logger = logging.getLogger(__name__)
 
 #: the checkpoint shipped with the package (trained on the built-in training photos only)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "dtb"
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def bf16_supported(device: torch.device | str = "cpu") -> bool:
-    """Whether bfloat16 convolutions run natively (CPU: AVX512-BF16 or AMX; CUDA: the device says so)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(bool(c()) for c in checks if c is not None)
-
-
-def resolve_precision(precision: str, device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "bfloat16" if bf16_supported(device) else "float32"
-    return precision
-
-
 def load_dtb_model(path=None, device="cpu") -> DTBNet:
     """A saved DTBNet folder (config.json + safetensors), by default the shipped checkpoint."""
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
@@ -62,12 +41,12 @@ def load_dtb_model(path=None, device="cpu") -> DTBNet:
     return model.to(device).eval()
 
 
-class OnlineDeblurrer:
+class OnlineDeblurrer(OneByOne):
     """Deblur a stream frame by frame with a DTBNet.
 
-    ``push(frame)`` takes a uint8 (H, W, 3) frame (or float (3, H, W) in [0, 1]) and returns the sharp frame
-    ``m`` frames behind it (same type as the input) or None while the look-ahead fills; ``flush()`` returns
-    the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16 where the CPU supports it
+    ``push(frames)`` takes uint8 (H, W, 3) frames (or float (3, H, W) in [0, 1]) and returns the sharp frames
+    now ready, each ``m`` frames behind the newest input (same type as the input; none while the look-ahead
+    fills); ``flush()`` returns the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16 where the CPU supports it
     (float32 otherwise); ``channels_last`` and an optional ``torch.compile`` speed it up. The stream is
     reusable: ``reset()`` (called by ``flush``) starts a new video. ``name`` is how errors name the model (a
     model whose output is not finite raises :class:`~vdiffdeblur.frames.NonFiniteOutputError`).
@@ -77,7 +56,7 @@ class OnlineDeblurrer:
                  compile: bool = False, name: str = "the dtb model"):
         self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, "dtb")
         self.model = model.to(self.device).eval()
         self.channels_last = channels_last
         if channels_last:
@@ -139,16 +118,14 @@ class OnlineDeblurrer:
             return to_uint8_frames(out)[0]
         return out[0].clamp(0, 1)
 
-    def push(self, frame):
-        """Take the next frame; return the sharp frame ``m`` frames back, or None while look-ahead fills."""
+    def _push_one(self, frame) -> list:
         self._frames.append((self._count, self._prepare(frame)))
         self._count += 1
         n = self._count - 1 - self.m
         if n < 0:
-            return None
-        # the stream's length is not known yet: reflection at the start only needs frames already held
-        # (index n+d >= 0 for n >= m), so the total only matters at the end (flush)
-        return self._run(n, total=max(self._count, n + self.m + 1))
+            return []
+        # the length is not known yet: reflection at the start only needs frames already held (n+d >= 0 for n >= m)
+        return [self._run(n, total=max(self._count, n + self.m + 1))]
 
     def flush(self) -> list:
         """No more frames: return the remaining (up to ``m``) sharp frames, and reset for a new stream."""
@@ -160,37 +137,16 @@ class OnlineDeblurrer:
     def deblur(self, frames) -> np.ndarray:
         """Convenience: a whole uint8 clip (F, H, W, 3) through the stream -> uint8 (F, H, W, 3)."""
         self.reset()
-        outs = [o for f in frames if (o := self.push(f)) is not None]
-        outs += self.flush()
-        return np.stack(outs)
+        return run(self, frames)
 
 
-class DTBStream:
-    """The CLI's FrameStream protocol (push -> list of ready frames) around an OnlineDeblurrer."""
-
-    def __init__(self, deblurrer: OnlineDeblurrer):
-        self.deblurrer = deblurrer
-
-    def push(self, frame):
-        out = self.deblurrer.push(frame)
-        return [] if out is None else [out]
-
-    def flush(self):
-        return self.deblurrer.flush()
-
-
-def _device(option) -> torch.device:
-    return resolve_device(option)
-
-
-def make_stream(source, info, options: dict) -> DTBStream:
-    """``--method dtb``: the shipped checkpoint, or ``--model PATH`` (a DTBNet folder)."""
-    device = _device(options.get("device"))
-    model = load_dtb_model(options.get("model"), device=device)
-    precision = options.get("dtb_precision") or "auto"
-    deblurrer = OnlineDeblurrer(model, device=device, precision=precision,
-                                compile=bool(options.get("compile", False)),
-                                name=f"{options.get('model') or DEFAULT_CHECKPOINT}: the dtb model")
-    logger.info("dtb: %s model (%s, %d channels), %s on %s", options.get("model") or "shipped",
+def make_stream(source, info, run, opts) -> OnlineDeblurrer:
+    """``--method dtb``: ``opts`` is a :class:`~vdiffdeblur.methods.options.DTBOptions` (the shipped checkpoint
+    unless ``opts.model``)."""
+    device = resolve_device(run.device)
+    model = load_dtb_model(opts.model, device=device)
+    deblurrer = OnlineDeblurrer(model, device=device, precision=opts.dtype, compile=opts.compile,
+                                name=f"{opts.model or DEFAULT_CHECKPOINT}: the dtb model")
+    logger.info("dtb: %s model (%s, %d channels), %s on %s", opts.model or "shipped",
                 model.config.variant, model.config.channels, deblurrer.precision, device)
-    return DTBStream(deblurrer)
+    return deblurrer

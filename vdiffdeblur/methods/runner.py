@@ -15,15 +15,16 @@ from tqdm.auto import tqdm
 
 from ..outputs import check_output
 from ..video import VideoInfo, VideoWriter, iter_timed_frames, probe
-from .stream import Chain, PairedStream
+from .options import TransferOptions, options_of, split_options
+from .stream import Chain
 
 logger = logging.getLogger(__name__)
 
-# method name -> "module:factory"; factory(source, info, options) -> FrameStream
+# method name -> "module:factory"; factory(source, info, RunOptions, the method's options) -> FrameStream
 METHODS = {
     "transfer": "vdiffdeblur.methods.transfer:make_stream",
     "dtb": "vdiffdeblur.methods.online:make_stream",
-    "fit": "vdiffdeblur.methods.fit_to_test:make_stream",
+    "fit": "vdiffdeblur.methods.fit.stream:make_stream",
     "diffusion": "vdiffdeblur.methods.diffusion:make_stream",
 }
 
@@ -32,24 +33,20 @@ def load_factory(method: str):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     mod_name, fn = METHODS[method].split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == mod_name or mod_name.startswith(e.name + ".")):
-            raise NotImplementedError(f"--method {method} is not available yet") from None
-        raise
-    return getattr(mod, fn)
+    return getattr(importlib.import_module(mod_name), fn)
 
 
-def build_stream(source, info: VideoInfo, method: str, options: dict):
-    """The full per-frame chain for the CLI: method, then optional transfer, then the guard (on by default)."""
-    stream = load_factory(method)(source, info, options)
-    if options.get("transfer") and method != "transfer":
-        stream = Chain(stream, load_factory("transfer")(source, info, options))
-    if options.get("guard", True):
-        from .guard import GuardStream
+def build_stream(source, info: VideoInfo, method: str, options: dict | None = None):
+    """The full per-frame chain: method, then optional transfer, then the guard (on by default). ``options``: a
+    plain dict of :mod:`~vdiffdeblur.methods.options` fields (a key no method knows is a ValueError)."""
+    run, opts = split_options(options, method)
+    stream = load_factory(method)(source, info, run, opts)
+    if run.transfer and method != "transfer":
+        stream = Chain(stream, load_factory("transfer")(source, info, run, options_of(TransferOptions, options)))
+    if run.guard:
+        from .guard import DoNoHarmGuard
 
-        stream = PairedStream(stream, GuardStream.from_options(info, options))
+        stream = DoNoHarmGuard(stream)
     return stream
 
 
@@ -75,7 +72,7 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
 
         for frame, pts in iter_timed_frames(source):
             pending.append(pts)
-            emit(stream.push(frame))
+            emit(stream.push([frame]))
         emit(stream.flush())
         if n != info.num_frames:
             raise RuntimeError(f"{desc} produced {n} frames for {info.num_frames} input frames")
@@ -88,10 +85,9 @@ def deblur_file(source, output, method: str = "transfer", options: dict | None =
 
     An existing ``output`` is refused unless ``overwrite`` (see :func:`vdiffdeblur.outputs.check_output`).
     """
-    options = dict(options or {})
+    run, _ = split_options(options, method)
     check_output(output, inputs=[source], overwrite=overwrite)
     info = probe(source)
     stream = build_stream(source, info, method, options)
-    return stream_file(source, output, stream, info, desc=f"deblur ({method})",
-                       lossless=bool(options.get("lossless")), crf=int(options.get("crf", 18)),
-                       quiet=bool(options.get("quiet")))
+    return stream_file(source, output, stream, info, desc=f"deblur ({method})", lossless=run.lossless, crf=run.crf,
+                       quiet=run.quiet)

@@ -21,6 +21,7 @@ import numpy as np
 from ..blur import blur_image, fit_linear_kernel, linear_to_srgb, srgb_to_linear
 from ..flow import consistency, inside_mask, robust_flow, warp
 from ..sharpness import PairMeasure, gradient_energy, gray_float
+from .stream import OneByOne, run
 
 
 @dataclass
@@ -102,8 +103,8 @@ def transfer_frame(target: _Frame, neighbours: list[_Frame], cfg: TransferConfig
     return (np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8), float(alpha.mean())
 
 
-class SharpTransfer:
-    """Streaming sharp-frame transfer (FrameStream): output frame t is ready once frame t + radius is in."""
+class SharpTransfer(OneByOne):
+    """Streaming sharp-frame transfer (a FrameStream): output frame t is ready once frame t + radius is in."""
 
     def __init__(self, config: TransferConfig | None = None):
         self.cfg = config or TransferConfig()
@@ -121,7 +122,7 @@ class SharpTransfer:
         self.n_out += 1
         return out
 
-    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+    def _push_one(self, frame: np.ndarray) -> list[np.ndarray]:
         if self.buf and frame.shape != self.buf[-1].rgb.shape:
             raise ValueError(f"frame {self.n_in} has shape {frame.shape}, earlier frames {self.buf[-1].rgb.shape}")
         self.buf.append(_Frame(np.ascontiguousarray(frame)))
@@ -143,12 +144,9 @@ def sharp_frame_transfer(frames: np.ndarray, config: TransferConfig | None = Non
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    s = SharpTransfer(config)
-    out = [o for f in frames for o in s.push(f)] + s.flush()
-    return np.stack(out)
+    return run(SharpTransfer(config), frames)
 
 
-def make_stream(source, info, options: dict) -> SharpTransfer:
-    """The CLI's ``--method transfer`` / ``--transfer``."""
-    radius = options.get("transfer_radius") or TransferConfig.radius
-    return SharpTransfer(TransferConfig(radius=int(radius)))
+def make_stream(source, info, run, opts) -> SharpTransfer:
+    """``--method transfer`` / ``--transfer``: ``opts`` is a :class:`~vdiffdeblur.methods.options.TransferOptions`."""
+    return SharpTransfer(TransferConfig(radius=opts.transfer_radius))

@@ -10,8 +10,6 @@ _LAZY = {
     "BlurCondition": "vdiffdeblur.models.conditioning",
     "encode_condition": "vdiffdeblur.models.conditioning",
     "build_unet_input": "vdiffdeblur.models.conditioning",
-    "tiny_components": "vdiffdeblur.models.tiny",
-    "make_tiny_pipeline": "vdiffdeblur.models.tiny",
 }
 
 

@@ -1,5 +1,5 @@
 """Helpers for the deblurring UNet (diffusers' `UNet3DConditionModel`): widening `conv_in` for the
-blurry-clip latents, gradient checkpointing, and the tiny configs used by tests (re-exported from `tiny`)."""
+blurry-clip latents, gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .tiny import TINY_T2V_UNET_CONFIG, TINY_UNET_CONFIG  # the tiny configs live with the others, in tiny.py
-
 __all__ = [
-    "widen_conv_in", "conv_in_new_channel_mask", "enable_unet_gradient_checkpointing",
-    "disable_unet_gradient_checkpointing", "is_unet_gradient_checkpointing", "checkpointed_blocks",
-    "TINY_T2V_UNET_CONFIG", "TINY_UNET_CONFIG",
+    "widen_conv_in", "enable_unet_gradient_checkpointing", "disable_unet_gradient_checkpointing",
+    "is_unet_gradient_checkpointing", "checkpointed_blocks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,15 +51,6 @@ def widen_conv_in(unet, extra_channels: int):
     unet.register_to_config(in_channels=new.in_channels)
     logger.info("widened conv_in from %d to %d input channels", old.in_channels, new.in_channels)
     return unet
-
-
-def conv_in_new_channel_mask(unet, base_channels: int) -> torch.Tensor:
-    """A 0/1 mask over `unet.conv_in.weight` selecting the channels added by `widen_conv_in` (input channels
-    `base_channels:`). Stage 1 trains only these: multiply the weight gradient by the mask."""
-    w = unet.conv_in.weight
-    mask = torch.zeros_like(w)
-    mask[:, base_channels:] = 1
-    return mask
 
 
 # --------------------------------------------------------------------------------------- checkpointing

@@ -1,11 +1,17 @@
-"""Two-stage training of the diffusion deblurrer with Accelerate (paper section 4.2; docs/training.md).
+"""Every trainer of vdiffdeblur, with Accelerate (docs/training.md); `vdiffdeblur.methods` holds inference only.
 
-`training/stage1.py` and `training/stage2.py` only parse options (`config.parse_config`) and call
-`loop.train`. Modules: `config` (options, YAML, command line), `components` (loading, freezing, the trained
-module), `objective` (the losses of a batch), `data` (training / validation clips), `validation`,
-`checkpoints` (Accelerate hooks, resume, EMA), `card` (the model card), `loop` (the training loop). For the shipped
-small model: `vae` (training its AutoencoderKL, `training/train_vae.py`), `quality` (the held-out quality check),
-`ship` (assembling vdiffdeblur/checkpoints/diffusion/).
+The scripts in `training/` only call `cli` (their command lines: parse, train, one line out). Shared by every
+trainer: `options` (`config_cli`: a config dataclass's options from YAML and the command line), `toolkit`
+(`report_to`, the training log on resume, CPU threads, the held-out-photo check) and `checkpoints` (crash-safe
+Accelerate checkpoints, resume).
+
+* the diffusion deblurrer's two stages (paper section 4.2; `training/stage1.py`, `stage2.py`): `config` (options),
+  `components` (loading, freezing, the trained module), `objective` (the losses of a batch), `data` (training /
+  validation clips), `validation`, `card` (the model card), `loop` (the training loop); for the shipped small
+  model also `vae` (its AutoencoderKL, `training/train_vae.py`), `quality` (the held-out quality check) and
+  `ship` (assembling vdiffdeblur/checkpoints/diffusion/);
+* `dtb`: the online network DTBNet (`training/train_dtb.py`; docs/dtb.md);
+* `maml`: the fit-to-test-data method's MAML initialisation (`training/meta_train.py`; docs/fit.md).
 """
 
 from .config import DiffusionTrainConfig, parse_config

@@ -33,7 +33,7 @@ def load_base_pipeline(cfg: DiffusionTrainConfig, **components):
         raise ValueError("no base model: pass --pretrained DIR (a DeblurVideoPipeline folder, e.g. from "
                          "scripts/convert_t2v_to_deblur.py or a stage-1 output) or --pretrained tiny")
     if cfg.pretrained == "tiny":
-        from ..models.tiny import tiny_components
+        from vdiffdeblur.pipelines.tiny import tiny_components
 
         parts = tiny_components(seed=cfg.tiny_seed, prediction_type=cfg.tiny_prediction_type)
         parts.update(components)

@@ -1,4 +1,4 @@
-"""Options of the two-stage diffusion training, from a YAML file and the command line.
+"""Options of the two-stage diffusion training, from a YAML file and the command line (`options.config_cli`).
 
 A YAML config holds options shared by both stages at the top level, and per-stage overrides under
 ``stage1:`` / ``stage2:``; command-line options (``--name value``) override both. Unknown keys are an error
@@ -7,12 +7,11 @@ naming them, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-from ..argtypes import optional as _optional, parse_bool as _bool
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS
+from .options import ConfigCLI, build_config, config_cli
+from .toolkit import check_training_photos
 
 #: the stage-dependent defaults (None in the dataclass means "take the stage's value")
 STAGE_DEFAULTS = {
@@ -20,10 +19,6 @@ STAGE_DEFAULTS = {
     2: {"coherence_weight": 0.1, "output_dir": "deblur-stage2"},
 }
 _TUPLE_FIELDS = ("photos", "validation_photos")
-_OPTIONAL_INT = ("checkpoints_total_limit",)
-_OPTIONAL_STR = ("pretrained", "teacher_encoder", "resume_from_checkpoint", "report_to", "mixed_precision",
-                 "output_dir", "validation_data")
-_OPTIONAL_FLOAT = ("coherence_weight",)
 
 
 @dataclass
@@ -120,20 +115,14 @@ class DiffusionTrainConfig:
         if self.coherence_weight < 0 or self.alignment_weight < 0:
             raise ValueError("coherence_weight and alignment_weight must be >= 0")
         if self.train_data == "synthetic":
-            bad = sorted({str(p).removeprefix("builtin:") for p in self.photos} & set(EVAL_PHOTOS))
-            if bad:
-                raise ValueError(f"photos {', '.join(bad)} are kept for evaluation (EVAL_PHOTOS); do not train on them")
+            check_training_photos(self.photos)
             if self.crop and (self.crop > self.synth_width or self.crop > self.synth_height):
                 raise ValueError(f"crop {self.crop} is larger than the synthetic frames "
                                  f"{self.synth_width}x{self.synth_height}")
 
     @classmethod
     def from_dict(cls, options: dict) -> "DiffusionTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**options)
+        return build_config(cls, options)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -143,74 +132,19 @@ class DiffusionTrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- YAML + CLI
+def stage_cli(stage: int) -> ConfigCLI:
+    """The command line of the stage-`stage` script: ``--config FILE`` (top level + its ``stage<N>:`` section)
+    plus one ``--name`` per config field."""
+    what = "blur encoder + conv_in new channels" if stage == 1 else "UNet + blur encoder"
+    return config_cli(DiffusionTrainConfig, description=f"Stage {stage} of the diffusion deblurrer's training "
+                      f"({what}).", section=f"stage{stage}", sections=("stage1", "stage2"), fixed={"stage": stage})
+
+
 def read_yaml_options(path, stage: int) -> dict:
     """The options a YAML config gives `stage`: its top-level keys, then its ``stage<N>:`` section on top."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
-    options = {k: v for k, v in data.items() if k not in ("stage1", "stage2")}
-    section = data.get(f"stage{stage}") or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: stage{stage} must be a mapping of options")
-    options.update(section)
-    if "stage" in options and options["stage"] != stage:
-        raise ValueError(f"{path} says stage {options['stage']} but this is the stage-{stage} script")
-    options.pop("stage", None)
-    return options
-
-
-def build_parser(stage: int) -> argparse.ArgumentParser:
-    """Command-line options: ``--config FILE`` plus one ``--name`` per config field (default: the YAML's, then
-    the dataclass's); booleans as ``--use_ema true``, ``--gradient_checkpointing`` alone meaning true."""
-    p = argparse.ArgumentParser(
-        description=f"Stage {stage} of the diffusion deblurrer's training "
-                    f"({'blur encoder + conv_in new channels' if stage == 1 else 'UNet + blur encoder'}).")
-    p.add_argument("--config", help="YAML file of options (top level + a stage1:/stage2: section)")
-    for f in fields(DiffusionTrainConfig):
-        if f.name == "stage":
-            continue
-        default = f.default if f.default is not MISSING else None
-        if f.name in _TUPLE_FIELDS:
-            p.add_argument(f"--{f.name}", nargs="+", default=None, help=f"(default {' '.join(default)})")
-            continue
-        if isinstance(default, bool):
-            p.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, default=None, help=f"(default {default})")
-            continue
-        if f.name in _OPTIONAL_INT:
-            kind = _optional(int)
-        elif f.name in _OPTIONAL_FLOAT:
-            kind = _optional(float)
-        elif f.name in _OPTIONAL_STR:
-            kind = _optional(str)
-        else:
-            kind = {int: int, float: float}.get(type(default), str)
-        p.add_argument(f"--{f.name}", type=kind, default=None, help=f"(default {default!r})")
-    return p
+    return stage_cli(stage).read_yaml(path)
 
 
 def parse_config(argv=None, stage: int = 1) -> DiffusionTrainConfig:
     """The config of a stage script: YAML (``--config``) then command-line options on top."""
-    args = build_parser(stage).parse_args(argv)
-    options = read_yaml_options(args.config, stage) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    # `--name none` on the command line clears an optional option the YAML set
-    for k in _OPTIONAL_INT + _OPTIONAL_STR + _OPTIONAL_FLOAT:
-        if argv_sets(argv, k) and getattr(args, k) is None:
-            given[k] = None
-    options.update(given)
-    return DiffusionTrainConfig.from_dict({**options, "stage": stage})
-
-
-def argv_sets(argv, name: str) -> bool:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+    return stage_cli(stage).parse(argv)

@@ -16,7 +16,6 @@ process, whether or not a process's RNG state was saved.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -36,21 +35,11 @@ from .components import (DeblurTrainModel, base_latent_channels, cast_frozen, co
 from .config import DiffusionTrainConfig
 from .data import build_train_dataset, collate, validation_clips
 from .objective import LossWeights, compute_losses, step_seed, to_diffusers_layout
+from .toolkit import read_history, resolve_report_to, set_threads, start_trackers, write_history
 from .validation import make_validation_pipeline, run_pipeline_validation, validation_loss
 
 #: sample ids kept per process in trainer_state.json
 MAX_IDS_RECORDED = 2000
-
-
-def resolve_report_to(report_to: str | None) -> str | None:
-    if report_to in (None, "none", ""):
-        return None
-    if report_to == "auto":
-        return "tensorboard" if (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")) else None
-    if report_to == "tensorboard" and not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
-        raise ValueError("--report_to tensorboard, but tensorboard is not installed (pip install tensorboard), "
-                         "or use --report_to auto / none")
-    return report_to
 
 
 def parameter_digest(module: torch.nn.Module) -> str:
@@ -73,8 +62,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     from accelerate.utils import ProjectConfiguration, gather_object, set_seed
     from diffusers.optimization import get_scheduler
 
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     output_dir = Path(cfg.output_dir)
     report_to = resolve_report_to(cfg.report_to)
     accelerator = Accelerator(
@@ -146,10 +134,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
                           residual_latents=bool(base.config.get("residual_latents", False)),
                           residual_scale=float(base.config.get("residual_scale", 1.0)))
 
-    if accelerator.is_main_process and report_to:
-        accelerator.init_trackers(cfg.tracker_project_name,
-                                  config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                          for k, v in cfg.to_dict().items()})
+    start_trackers(accelerator, report_to, cfg.tracker_project_name, cfg.to_dict())
 
     # ---- resume
     global_step = 0
@@ -163,9 +148,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     skip = (global_step % steps_per_epoch) * cfg.gradient_accumulation_steps
 
     log_path = output_dir / "training_log.json"
-    history = []
-    if global_step and log_path.is_file():
-        history = [h for h in json.loads(log_path.read_text()) if h.get("step", 0) <= global_step]
+    history = read_history(log_path, global_step)
     val_clips = validation_clips(cfg) if accelerator.is_main_process else []
 
     def validate(step: int) -> dict:
@@ -230,7 +213,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
                     last_val = validate(global_step)
                     entry.update({f"val_{k}": v for k, v in last_val.items() if k != "images"})
                 history.append(entry)
-                log_path.write_text(json.dumps(history, indent=1))
+                write_history(log_path, history)
             if global_step >= cfg.max_train_steps:
                 break
         epoch += 1
@@ -254,7 +237,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
             ema.copy_to(unet, blur_encoder)
         export_pipeline(cfg, unet, blur_encoder, output_dir)
         (output_dir / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        log_path.write_text(json.dumps(history, indent=1))
+        write_history(log_path, history)
         state = {"stage": cfg.stage, "global_step": global_step, "num_processes": nproc,
                  "parameter_digests": digests, "samples_seen": samples,
                  "final_validation": {k: v for k, v in result.items()}}

@@ -1,5 +1,5 @@
-"""The quality check of a trained diffusion deblurrer on held-out built-in clips (issue 7's bar: the blurriest
-third of frames gains >= 1 dB PSNR, no frame loses more than 0.5 dB), with and without the CLI's do-no-harm guard.
+"""The quality check of a trained diffusion deblurrer on held-out built-in clips (the bar: the blurriest third of
+frames gains >= 1 dB PSNR, no frame loses more than 0.5 dB), with and without the CLI's do-no-harm guard.
 
 Clips are synthetic camera shake from the EVAL photos (never trained on), scored by `vdiffdeblur.evaluation.score`
 with the clip's true blur extent picking the blurriest third.
@@ -20,7 +20,7 @@ from ..evaluation import score
 
 logger = logging.getLogger(__name__)
 
-#: the bar of issue 7
+#: the bar a shipped model must clear
 MIN_HARD_GAIN_DB = 1.0
 MAX_FRAME_LOSS_DB = 0.5
 

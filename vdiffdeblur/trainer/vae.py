@@ -9,10 +9,9 @@ the reconstruction PSNR on the EVAL photos is measured, and the VAE is saved (sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
 from .checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
 from .objective import step_seed
+from .toolkit import check_training_photos, read_history, set_threads, write_history
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ class VAETrainConfig:
     def __post_init__(self):
         for name in ("photos", "eval_photos", "eval_size", "block_out_channels", "scale_range"):
             setattr(self, name, tuple(getattr(self, name)))
-        bad = sorted({str(p).removeprefix("builtin:") for p in self.photos} & set(EVAL_PHOTOS))
-        if bad:
-            raise ValueError(f"photos {', '.join(bad)} are kept for evaluation (EVAL_PHOTOS); do not train on them")
+        check_training_photos(self.photos)
         for name in ("max_train_steps", "batch_size", "crop", "latent_channels", "scaling_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -80,40 +78,12 @@ class VAETrainConfig:
                     norm_num_groups=self.norm_num_groups, sample_size=self.crop)
 
 
-def parse_vae_config(argv=None) -> VAETrainConfig:
-    """`--config FILE` (YAML) then `--name value` options on top."""
-    import yaml
+def vae_cli():
+    """The command line of `training/train_vae.py`: ``--config FILE`` (YAML) then ``--name value`` on top."""
+    from .options import config_cli
 
-    p = argparse.ArgumentParser(description="Train a small AutoencoderKL on the built-in TRAIN photos.")
-    p.add_argument("--config")
-    for f in fields(VAETrainConfig):
-        p.add_argument(f"--{f.name}", nargs="+" if isinstance(f.default, tuple) else None, default=None)
-    args = p.parse_args(argv)
-    options = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        options = yaml.safe_load(path.read_text()) or {}
-    known = {f.name: f for f in fields(VAETrainConfig)}
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown VAE training option(s): {', '.join(unknown)}")
-    for name, value in vars(args).items():
-        if name == "config" or value is None:
-            continue
-        default = known[name].default
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            value = [kind(v) for v in value]
-        elif name == "resume_from_checkpoint":
-            value = None if value.lower() in ("none", "null") else value
-        elif name == "checkpoints_total_limit":
-            value = None if value.lower() in ("none", "null") else int(value)
-        else:
-            value = type(default)(value)
-        options[name] = value
-    return VAETrainConfig(**options)
+    return config_cli(VAETrainConfig, description="Train a small AutoencoderKL on the built-in TRAIN photos.",
+                      what="VAE training")
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -197,8 +167,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
 
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision="no")
@@ -220,8 +189,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     resume = load_resume(cfg.resume_from_checkpoint, out, lambda path: accelerator.load_state(str(path)))
     if resume is not None:
         step = checkpoint_step(resume)
-        log = out / "training_log.json"
-        history = [h for h in json.loads(log.read_text()) if h["step"] <= step] if log.is_file() else []
+        history = read_history(out / "training_log.json", step)
         logger.info("resumed from %s at step %d", resume, step)
 
     t0 = time.perf_counter()
@@ -255,7 +223,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
                     logger.info("step %d: train MSE %.5f, EVAL reconstruction PSNR %.2f dB", step,
                                 entry["train_mse"], entry["eval_psnr"])
                 history.append(entry)
-                (out / "training_log.json").write_text(json.dumps(history, indent=1))
+                write_history(out / "training_log.json", history)
             if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and step < cfg.max_train_steps:
                 # every process saves (each adds its own RNG state)
                 save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, every_process=True)

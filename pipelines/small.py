@@ -13,6 +13,10 @@ is decoded residually (`residual_decode`); `SMALL_SAMPLING` holds these saved de
 from __future__ import annotations
 
 import torch
+from diffusers import DDIMScheduler, UNet3DConditionModel
+
+from vdiffdeblur.models.blur_encoder import BlurImageEncoder
+from vdiffdeblur.pipelines.pipeline_deblur_video import DeblurVideoPipeline
 
 #: UNet3DConditionModel; `in_channels` / `out_channels` are set from the VAE's latent channels
 SMALL_UNET_CONFIG = dict(
@@ -43,10 +47,6 @@ SMALL_SAMPLING = dict(residual_decode=True, residual_latents=True, residual_scal
 
 def small_components(vae, seed: int = 0, num_tokens: int = 4) -> dict:
     """The untrained `unet`, `blur_encoder` and `scheduler` around a trained `vae`, seeded, float32 on the CPU."""
-    from diffusers import DDIMScheduler, UNet3DConditionModel
-
-    from .blur_encoder import BlurImageEncoder
-
     c = int(vae.config.latent_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -59,6 +59,4 @@ def small_components(vae, seed: int = 0, num_tokens: int = 4) -> dict:
 
 def make_small_pipeline(vae, seed: int = 0, **sampling):
     """The starting `DeblurVideoPipeline` of the small model's training (`SMALL_SAMPLING` defaults, overridable)."""
-    from vdiffdeblur.pipelines import DeblurVideoPipeline
-
     return DeblurVideoPipeline(**small_components(vae, seed=seed), **{**SMALL_SAMPLING, **sampling})

@@ -3,14 +3,12 @@
 Objective (eq. 4): mean squared error between the sharp frames and the network's output over every frame
 of a clip, plus a weight decay of ``1e-5`` on the convolution weights. Taken literally (``lambda * ||W||^2``
 added to a per-pixel MSE, ``weight_decay_in_loss=True``), that term outweighs the MSE of camera-shake clips
-(both are ~2e-3 at the start) and, under Adam, drove every convolution weight to ~1e-9 within a few hundred
-steps (measured here: the network collapsed to a constant offset). By default the decay is therefore
-applied decoupled from the gradient (AdamW with ``weight_decay=1e-5``), which is how a "1e-5 weight decay"
-is usually meant. Adam(W), learning rate ``1e-4`` decayed by ``0.96`` every
-``10k`` steps; 13-frame clips, 128x128 crops, batch 8 (the paper's values are the defaults; the shipped
-checkpoint's smaller values are in ``training/configs/dtb.yaml``). The clips come from
-:class:`~vdiffdeblur.data.SyntheticShakeDataset` (training photos only) or from a
-:class:`~vdiffdeblur.data.PairedVideoDataset` folder.
+and drives the weights to zero under Adam (docs/dtb.md). By default the decay is therefore applied decoupled
+from the gradient (AdamW with ``weight_decay=1e-5``), which is how a "1e-5 weight decay" is usually meant.
+Adam(W), learning rate ``1e-4`` decayed by ``0.96`` every ``10k`` steps; 13-frame clips, 128x128 crops,
+batch 8 (the paper's values are the defaults; the shipped checkpoint's smaller values are in
+``training/configs/dtb.yaml``). The clips come from :class:`~vdiffdeblur.data.SyntheticShakeDataset`
+(training photos only) or from a :class:`~vdiffdeblur.data.PairedVideoDataset` folder.
 
 Accelerate conventions follow diffusers' training examples: ``Accelerator(gradient_accumulation_steps,
 mixed_precision, log_with, project_config)``, ``checkpoint-<step>`` folders written by ``save_state``
@@ -25,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,10 @@ from ..data.paired import PairedVideoDataset
 from ..data.shake_dataset import SyntheticShakeDataset
 from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, synthesize_shake
 from ..models.dtb import DTBNet
-from ..trainer.checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
+from .checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
+from .options import build_config, config_cli
+from .toolkit import (check_training_photos, read_history, resolve_report_to, set_threads, start_trackers,
+                      write_history)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class DTBTrainConfig:
     frames_per_clip: int = 24
     still_fraction: float = 0.1
     augment: bool = False  # each synthetic clip sees a random sub-window, flip / quarter turn, channel order
-    source_zoom: tuple = (1.0, 1.0)  # with augment: the sub-window's side as a fraction of the photo's
+    source_zoom: tuple[float, float] = (1.0, 1.0)  # with augment: the sub-window's side as a fraction of the photo's
     fur_fraction: float = 0.0  # dead-leaves sources: share of textured leaves filled with procedural fur
     synth_width: int = 320
     synth_height: int = 240
@@ -132,16 +133,7 @@ class DTBTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DTBTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DTB training option(s): {', '.join(unknown)}")
-        d = dict(d)
-        if "photos" in d and d["photos"] is not None:
-            d["photos"] = tuple(d["photos"])
-        if "source_zoom" in d:
-            d["source_zoom"] = tuple(float(v) for v in d["source_zoom"])
-        return cls(**d)
+        return build_config(cls, d, what="DTB training")
 
     def model_kwargs(self) -> dict:
         return dict(variant=self.variant, channels=self.channels, feature_channels=self.feature_channels,
@@ -149,13 +141,17 @@ class DTBTrainConfig:
                     encoder_skip=self.encoder_skip, linear_light=self.linear_light)
 
 
+def dtb_cli(description: str | None = None):
+    """The command line of `training/train_dtb.py`: ``--config FILE`` (YAML) then ``--name value`` on top."""
+    return config_cli(DTBTrainConfig, description=description or "Train the online deblurring network DTBNet.",
+                      what="DTB training")
+
+
 # --------------------------------------------------------------------------------------- pieces
 def build_train_dataset(cfg: DTBTrainConfig, num_samples: int):
     """The training dataset, long enough for ``num_samples`` items (read in order, see the module doc)."""
     if cfg.train_data == "synthetic":
-        bad = sorted(set(str(p).removeprefix("builtin:") for p in cfg.photos) & set(EVAL_PHOTOS))
-        if bad:
-            raise ValueError(f"photos {', '.join(bad)} are kept for evaluation (EVAL_PHOTOS); do not train on them")
+        check_training_photos(cfg.photos)
         shake = ShakeConfig(width=cfg.synth_width, height=cfg.synth_height)
         per_clip = max(1, math.ceil(num_samples / cfg.num_clips))
         return SyntheticShakeDataset(sources=list(cfg.photos), num_clips=cfg.num_clips, clip_len=cfg.clip_len,
@@ -235,14 +231,9 @@ def train(cfg: DTBTrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     output_dir = Path(cfg.output_dir)
-    report_to = cfg.report_to
-    if report_to == "auto":
-        import importlib.util
-
-        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    report_to = resolve_report_to(cfg.report_to)
     project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / cfg.logging_dir))
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=cfg.mixed_precision, log_with=report_to, project_config=project_config)
@@ -287,8 +278,7 @@ def train(cfg: DTBTrainConfig) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     val_clips = validation_clips(cfg) if cfg.num_validation_clips > 0 else []
 
-    if accelerator.is_main_process and report_to:
-        accelerator.init_trackers(cfg.tracker_project_name, config={k: str(v) for k, v in asdict(cfg).items()})
+    start_trackers(accelerator, report_to, cfg.tracker_project_name, asdict(cfg))
 
     global_step = 0
     path = load_resume(cfg.resume_from_checkpoint, output_dir, lambda p: accelerator.load_state(str(p)))
@@ -303,8 +293,7 @@ def train(cfg: DTBTrainConfig) -> dict:
     active_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
 
     log_path = output_dir / "training_log.json"
-    history = json.loads(log_path.read_text()) if (global_step and log_path.is_file()) else []
-    history = [h for h in history if h.get("step", 0) <= global_step]
+    history = read_history(log_path, global_step)
     progress = tqdm(range(cfg.max_train_steps), initial=global_step, desc="train dtb",
                     disable=not accelerator.is_local_main_process)
     t0 = time.perf_counter()
@@ -354,7 +343,7 @@ def train(cfg: DTBTrainConfig) -> dict:
                 logger.info("step %d: validation %s", global_step, val)
                 history.append({"step": global_step, "mse": logs["mse"], "train_gain_db": logs["train_gain_db"],
                                 "elapsed_s": time.perf_counter() - t0, **val})
-                log_path.write_text(json.dumps(history, indent=1))
+                write_history(log_path, history)
     progress.close()
     accelerator.wait_for_everyone()
     result = {}
@@ -367,7 +356,7 @@ def train(cfg: DTBTrainConfig) -> dict:
         net.save_pretrained(output_dir, safe_serialization=True)
         record = {**asdict(cfg), "model_config": {k: v for k, v in net.config.items() if not k.startswith("_")}}
         (output_dir / "training_config.json").write_text(json.dumps(record, indent=1, default=str))
-        log_path.write_text(json.dumps(history, indent=1))
+        write_history(log_path, history)
         _write_model_card(output_dir, cfg, global_step, result)
     accelerator.end_training()
     return result
@@ -400,7 +389,7 @@ def evaluate_shake(model: DTBNet, photos=EVAL_PHOTOS, seeds=(0,), num_frames: in
     worst per-frame loss and the frames made worse by > 0.3 dB; with ``with_guard`` also after the do-no-harm
     guard (:mod:`vdiffdeblur.methods.guard`)."""
     from ..evaluation import score
-    from .online import OnlineDeblurrer
+    from ..methods.online import OnlineDeblurrer
 
     rows = []
     for photo in photos:
@@ -413,7 +402,7 @@ def evaluate_shake(model: DTBNet, photos=EVAL_PHOTOS, seeds=(0,), num_frames: in
                    "worst_loss": s.worst_loss(), "frames_worse": s.frames_worse(),
                    "input_hard_psnr": float(np.mean(s.input_psnr[s.hard]))}
             if with_guard:
-                from .guard import guard
+                from ..methods.guard import guard
 
                 g = score(guard(clip.blurry, out), clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent,
                           with_ewarp=False)

@@ -28,10 +28,11 @@ import torch
 from torch.func import functional_call
 
 from ..data.dead_leaves import check_fur_fraction, dead_leaves
-from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, load_photo
+from ..data.synthetic import TRAIN_PHOTOS, load_photo
 from ..losses import patch_sharpness, reweight
 from ..sharpness import laplacian_variance
-from .fit_to_test import blur_crops, cut_patches, random_kernels
+from ..blur import blur_crops, cut_patches, random_kernels
+from .toolkit import check_training_photos, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,8 @@ class PhotoTasks:
 
     def __init__(self, photos=TRAIN_PHOTOS, config: MetaConfig | None = None, allow_eval_photos: bool = False):
         self.config = config or MetaConfig()
-        names = [str(p).split(":", 1)[-1] if isinstance(p, str) else None for p in photos]
-        leaked = sorted({n for n in names if n in EVAL_PHOTOS})
-        if leaked and not allow_eval_photos:
-            raise ValueError(f"{', '.join(leaked)} are evaluation photos; meta-train on TRAIN_PHOTOS only")
+        if not allow_eval_photos:
+            check_training_photos(photos)
         self.images: list[torch.Tensor] = []
         self.norms: list[float] = []
         need = self.config.patch_size + 2 * (int(self.config.max_length) + 4)
@@ -203,6 +202,15 @@ class MetaTrainConfig:
             raise ValueError("steps and checkpointing_steps must be >= 0 and log_steps >= 1")
 
 
+def maml_cli(description: str | None = None):
+    """The command line of `training/meta_train.py`: ``--config FILE`` (YAML: the fields of `MetaTrainConfig`
+    and of `MetaConfig`, the latter at the top level or under ``meta:``) then ``--name value`` on top."""
+    from .options import config_cli
+
+    return config_cli(MetaTrainConfig, description=description or "Meta-learn the FitUNet initialisation (MAML).",
+                      what="meta-training")
+
+
 def validation_tasks(tasks: PhotoTasks, n: int = 4, seed: int = 12345) -> list[Task]:
     """Fixed held-out draws (their own seed) from the training photos, to follow progress (the same draws
     with or without procedural pictures in p(I))."""
@@ -243,12 +251,11 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
 
     from ..models.fit_unet import FitUNet
     from ..models.perceptual import PerceptualLoss
-    from ..trainer.checkpoints import (CorruptCheckpointError, checkpoint_step, list_checkpoints, load_resume,
+    from .checkpoints import (CorruptCheckpointError, checkpoint_step, list_checkpoints, load_resume,
                                        remove_partial_checkpoints, save_checkpoint)
 
     out_dir = Path(cfg.output_dir)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                                   logging_dir=str(out_dir / "logs")))

@@ -2,12 +2,17 @@
 scripts' smoke runs and the docs, so that everyone builds the same tiny pipeline.
 
 The layout is the real one (ModelScope text-to-video UNet3D + SD VAE + CLIP vision tower + DDIM), only
-narrow: VAE scale factor 4 (so frames are padded to multiples of 8), UNet with one down/up level, cross-attention width 16.
+narrow: VAE scale factor 4 (so frames are padded to multiples of 8), UNet with one down/up level, cross-attention
+width 16.
 """
 
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+
+from vdiffdeblur.models.blur_encoder import BlurImageEncoder
+from vdiffdeblur.pipelines.pipeline_deblur_video import DeblurVideoPipeline
 
 #: AutoencoderKL with three levels: vae_scale_factor 4, 4 latent channels
 TINY_VAE_CONFIG = dict(
@@ -56,10 +61,6 @@ TINY_V_SCHEDULER_CONFIG = {**TINY_SCHEDULER_CONFIG, "prediction_type": "v_predic
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon", num_tokens: int = 4,
                     num_cond_frames: int = 1) -> dict:
     """Random tiny `vae`, `unet`, `blur_encoder`, `scheduler`, seeded, in float32 on the CPU."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-
-    from .blur_encoder import BlurImageEncoder
-
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     with torch.random.fork_rng(devices=[]):
@@ -76,6 +77,4 @@ def tiny_components(seed: int = 0, prediction_type: str = "epsilon", num_tokens:
 
 def make_tiny_pipeline(seed: int = 0, **kwargs):
     """A tiny random `DeblurVideoPipeline` (see `tiny_components` for the keyword arguments)."""
-    from vdiffdeblur.pipelines import DeblurVideoPipeline
-
     return DeblurVideoPipeline(**tiny_components(seed=seed, **kwargs))

@@ -1,10 +1,10 @@
 """Assemble a `DeblurVideoPipeline` from a local text-to-video checkpoint in diffusers' format (the ModelScope
 text-to-video-ms-1.7b layout: `unet/ vae/ scheduler/ text_encoder/ tokenizer/`) and a CLIP vision tower.
 
-What changes (paper section 4.1, DESIGN.md): the UNet's conv_in is widened for the blurry clip's latents (zero
-init, so the UNet starts as the pretrained one); the scheduler becomes DDIM with the base model's prediction
-type; the blur encoder (image encoder 2) starts from the CLIP tower plus a freshly initialised projector. The
-text encoder and tokenizer are not used.
+What changes (paper section 4.1; docs/diffusion.md "Making a model"): the UNet's conv_in is widened for the
+blurry clip's latents (zero init, so the UNet starts as the pretrained one); the scheduler becomes DDIM with the
+base model's prediction type; the blur encoder (image encoder 2) starts from the CLIP tower plus a freshly
+initialised projector. The text encoder and tokenizer are not used.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import logging
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 
-from .blur_encoder import BlurImageEncoder
-from .unet import widen_conv_in
+from vdiffdeblur.models.blur_encoder import BlurImageEncoder
+from vdiffdeblur.models.unet import widen_conv_in
+from vdiffdeblur.pipelines.pipeline_deblur_video import DeblurVideoPipeline, ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,6 @@ T2V_COMPONENTS = ("unet", "vae", "scheduler")
 
 def check_t2v_folder(folder) -> Path:
     """A text-to-video folder must hold `unet/`, `vae/` (config + weights) and `scheduler/`."""
-    from vdiffdeblur.pipelines.pipeline_deblur_video import ModelFolderError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such text-to-video folder")
@@ -40,8 +40,6 @@ def check_t2v_folder(folder) -> Path:
 
 def ddim_from_base(scheduler_config: dict, prediction_type: str | None = None):
     """A DDIMScheduler with the base model's noise schedule and prediction type (or `prediction_type`)."""
-    from diffusers import DDIMScheduler
-
     cfg = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     if prediction_type is not None:
         cfg["prediction_type"] = prediction_type
@@ -68,11 +66,6 @@ def convert_text_to_video(t2v_dir, clip_path, *, open_clip_model: str | None = N
         seed: seeds the projector's initialisation.
         variant: weights variant of the base (e.g. "fp16").
     """
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-
-    from vdiffdeblur.pipelines import DeblurVideoPipeline
-    from vdiffdeblur.pipelines.pipeline_deblur_video import ModelFolderError
-
     folder = check_t2v_folder(t2v_dir)
     load = dict(variant=variant, local_files_only=True)
     unet = UNet3DConditionModel.from_pretrained(folder / "unet", **load)
