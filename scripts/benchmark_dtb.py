@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vdiffdeblur.methods.online import OnlineDeblurrer, load_dtb_model
+from vdiffdeblur.methods.dtb import OnlineDeblurrer, load_dtb_model
 from vdiffdeblur.models.dtb import conv_flops_per_frame
 
 logger = logging.getLogger("benchmark_dtb")

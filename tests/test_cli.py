@@ -81,7 +81,7 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(synth_dir, tmp_path)
 
 
 def test_compile_option_reaches_the_dtb_stream(monkeypatch, synth_dir, tmp_path):
-    from vdiffdeblur.methods import online
+    from vdiffdeblur.methods import dtb as online
 
     seen = {}
     real = online.OnlineDeblurrer.__init__

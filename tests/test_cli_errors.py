@@ -328,7 +328,7 @@ def _poison(module):
 
 def test_a_model_that_outputs_nan_is_refused_and_nothing_is_written(clip, tiny_model, tmp_path, capsys):
     from vdiffdeblur.methods.fit.initialisation import load_init
-    from vdiffdeblur.methods.online import load_dtb_model
+    from vdiffdeblur.methods.dtb import load_dtb_model
     from vdiffdeblur.pipelines import DeblurVideoPipeline
 
     models = tmp_path / "models"

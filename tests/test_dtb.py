@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vdiffdeblur.methods.online import DEFAULT_CHECKPOINT, OnlineDeblurrer, load_dtb_model, make_stream
+from vdiffdeblur.methods.dtb import DEFAULT_CHECKPOINT, OnlineDeblurrer, load_dtb_model, make_stream
 from vdiffdeblur.methods.options import DTBOptions, RunOptions
 from vdiffdeblur.models.dtb import DTBNet, TemporalBlending, reflect_index
 

@@ -320,3 +320,122 @@ def test_a_live_runs_temporary_output_is_left_alone(tmp_path):
     other.write_bytes(b"x")
     assert remove_leftovers(out) == [dead]
     assert mine.exists() and other.exists()
+
+
+# --------------------------------------------------------------------------------------- what a demanding user tried
+def test_overwrite_never_replaces_a_folder_of_someone_elses_numbered_pngs(tmp_path, capsys):
+    _, src = _clip(tmp_path)
+    mine = tmp_path / "myframes"
+    mine.mkdir()
+    for i in range(1, 4):  # what an ffmpeg %05d.png export looks like
+        Image.fromarray(FRAMES[i]).save(mine / f"{i:05d}.png")
+    before = _tree(mine)
+    assert main(["deblur", str(src), "-o", str(mine), "--overwrite"]) == 2
+    assert "did not write" in _one_line(capsys.readouterr().err)
+    assert _tree(mine) == before
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    assert main(["deblur", str(src), "-o", str(link), "--overwrite"]) == 2
+    assert "symbolic link" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".wmv"])
+def test_constant_rate_containers_get_evenly_spaced_frames(suffix, phone, vfr, tmp_path, caplog):
+    for src in (phone, vfr):
+        out = tmp_path / f"{src.stem}{suffix}"
+        assert main(["deblur", str(src), "-o", str(out), "--no-guard", "--quiet"]) == 0
+        v = read_video(out)
+        assert len(v) == len(FRAMES) and v.info.num_frames == len(FRAMES)
+        times = np.array(stream_facts(out)["times"])
+        assert np.all(np.diff(times) > 0)
+    assert any("constant frame rate" in r.getMessage() for r in caplog.records)  # said for the VFR source
+
+
+def test_ts_keeps_audio_it_can_play_and_says_what_it_drops(tmp_path, caplog):
+    from media import add_subtitles
+
+    flac = tmp_path / "flac.mkv"
+    make_video(flac, FRAMES[:8], audio="flac", rotation=0, sample_rate=44100)
+    out = tmp_path / "flac.ts"
+    assert main(["deblur", str(flac), "-o", str(out), "--no-guard", "--quiet"]) == 0
+    assert probe(out).streams == ("audio aac",)  # re-encoded, not an opaque data stream
+    subs = tmp_path / "subs.mp4"
+    add_subtitles(write_video(tmp_path / "plain.mp4", FRAMES[:8], fps=25), subs, tmp_path)
+    assert main(["deblur", str(subs), "-o", str(tmp_path / "subs.ts"), "--no-guard", "--quiet"]) == 0
+    import av
+
+    with av.open(str(tmp_path / "subs.ts")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+    assert any("mov_text" in r.getMessage() and "not kept" in r.getMessage() for r in caplog.records)
+
+
+def test_subtitles_are_copied_where_the_container_takes_them(tmp_path):
+    from media import add_subtitles
+
+    subs = tmp_path / "subs.mp4"
+    make_video(tmp_path / "a.mp4", FRAMES[:8])
+    add_subtitles(tmp_path / "a.mp4", subs, tmp_path, language="fra")
+    out = tmp_path / "out.mp4"
+    assert main(["deblur", str(subs), "-o", str(out), "--no-guard", "--quiet"]) == 0
+    assert stream_facts(out)["subtitles"] == ["mov_text"] and stream_facts(out)["audio"] == [("aac", 48000)]
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.subtitles[0].metadata.get("language") == "fra"
+
+
+def test_webm_resamples_audio_opus_cannot_take(tmp_path):
+    src = tmp_path / "a44.mp4"
+    make_video(src, FRAMES[:8], rotation=0, sample_rate=44100)
+    out = tmp_path / "a44.webm"
+    assert main(["deblur", str(src), "-o", str(out), "--no-guard", "--quiet"]) == 0
+    facts = stream_facts(out)
+    assert facts["audio"] == [("opus", 48000)]
+    assert abs(facts["audio_seconds"] - stream_facts(src)["audio_seconds"]) <= 1 / 29.97
+
+
+def test_pcm_is_reencoded_for_mp4_whatever_it_came_in(tmp_path):
+    src = tmp_path / "pcm.mov"
+    make_video(src, FRAMES[:8], audio="pcm_s16le", rotation=0)
+    out = tmp_path / "out.mp4"
+    assert main(["deblur", str(src), "-o", str(out), "--no-guard", "--quiet"]) == 0
+    assert stream_facts(out)["audio"] == [("aac", 48000)]
+
+
+def test_capture_date_place_and_title_are_kept(tmp_path):
+    tags = {"creation_time": "2026-05-01T10:20:30.000000Z", "title": "harbour", "location": "+52.37+004.89/"}
+    src = tmp_path / "tagged.mp4"
+    make_video(src, FRAMES[:6], metadata=tags)
+    for suffix in (".mp4", ".mov", ".mkv"):
+        out = tmp_path / f"out{suffix}"
+        assert main(["deblur", str(src), "-o", str(out), "--no-guard", "--quiet"]) == 0
+        kept = dict(probe(out).metadata)
+        lowered = {k.lower(): v for k, v in kept.items()}
+        assert lowered.get("title") == "harbour", (suffix, kept)
+        assert lowered.get("creation_time", "").startswith("2026-05-01"), (suffix, kept)
+
+
+def test_default_track_flags_survive_into_matroska(phone, tmp_path):
+    import av
+
+    out = tmp_path / "out.mkv"
+    assert main(["deblur", str(phone), "-o", str(out), "--no-guard", "--quiet"]) == 0
+    with av.open(str(phone)) as a, av.open(str(out)) as b:
+        assert int(b.streams.audio[0].disposition) == int(a.streams.audio[0].disposition)
+
+
+def test_a_png_folder_remembers_the_rotation(phone, tmp_path):
+    frames = tmp_path / "frames"
+    assert main(["deblur", str(phone), "-o", str(frames), "--no-guard", "--quiet"]) == 0
+    again = tmp_path / "again.mp4"
+    assert main(["deblur", str(frames), "-o", str(again), "--no-guard", "--quiet"]) == 0
+    assert stream_facts(again)["rotation"] == 90
+
+
+def test_ffmpeg_errors_read_as_a_reason_without_errno(tmp_path, capsys):
+    good = write_video(tmp_path / "good.mp4", FRAMES, fps=25)
+    half = tmp_path / "half.mp4"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    assert main(["info", str(half)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(half) in line and "Errno" not in line and line.count(str(half)) == 1, line

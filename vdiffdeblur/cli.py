@@ -37,6 +37,14 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class _Note(logging.Formatter):
+    """A warning reads ``note: ...`` (one line, no logger name): it is about the user's video, not the code."""
+
+    def format(self, record):
+        word = "note" if record.levelno == logging.WARNING else record.levelname.lower()
+        return f"{word}: {' '.join(record.getMessage().split())}"
+
+
 class _Parser(argparse.ArgumentParser):
     """Reports a bad command line as one ``error: ...`` line (via :class:`UsageError`), like every other user error."""
 
@@ -147,7 +155,11 @@ def cmd_info(args) -> int:
     from .video import probe
 
     info = probe(args.video)
-    extra = [f"rotation {info.rotation:g}"] if info.rotation else []
+    extra = [info.pix_fmt] if info.pix_fmt else []
+    extra += [f"{info.duration:.3f} s"] if info.duration else []
+    extra += ["variable frame rate"] if info.variable_rate else []
+    extra += [f"first frame at {info.start:.3f} s"] if info.start else []
+    extra += [f"rotation {info.rotation:g}"] if info.rotation else []
     extra += [f"colour {info.colour.describe()}"] if info.colour else []
     extra += list(info.streams)
     print(f"{info.source}: {info.width}x{info.height}, {info.num_frames} frames, {info.fps:g} fps, "
@@ -242,8 +254,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if args.verbose else _Note())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     try:
         with signals_unwind():
             return args.func(args)

@@ -105,8 +105,13 @@ def _inside(child, folder) -> bool:
 
 
 def is_frame_folder(folder) -> bool:
-    """A folder holding only what VideoWriter writes into a PNG folder (numbered PNGs and its hidden meta file)."""
-    return all((e.is_file() and (FRAME_FILE.match(e.name) or e.name == FOLDER_META)) for e in Path(folder).iterdir())
+    """A folder VideoWriter wrote: its hidden meta file and numbered PNGs, nothing else (numbered PNGs alone may be
+    anyone's export)."""
+    entries = list(Path(folder).iterdir())
+    if not entries:  # an empty folder holds nothing to lose
+        return True
+    return any(e.name == FOLDER_META and e.is_file() for e in entries) and all(
+        e.is_file() and (FRAME_FILE.match(e.name) or e.name == FOLDER_META) for e in entries)
 
 
 def is_synth_folder(folder) -> bool:
@@ -140,6 +145,8 @@ def check_output(output, inputs=(), overwrite: bool = False, kind: str = "auto")
         raise OutputError(out, f"cannot write into {parent} (permission denied)")
     if not (out.exists() or out.is_symlink()):
         return
+    if out.is_symlink():
+        raise OutputError(out, "is a symbolic link: refusing to replace it (give the path it points to)")
     if kind == "file":
         if out.is_dir():
             raise OutputError(out, "is a folder; a video file cannot replace it (choose another name)")
@@ -147,6 +154,8 @@ def check_output(output, inputs=(), overwrite: bool = False, kind: str = "auto")
         raise OutputError(out, "is a file; a frame-folder output needs a folder path (or give a video suffix)")
     if not overwrite:
         raise OutputError(out, "already exists (use --overwrite to replace it)")
+    if not os.access(out, os.W_OK):
+        raise OutputError(out, "cannot be replaced (permission denied)")
     if kind == "frames" and not is_frame_folder(out):
         raise OutputError(out, "holds files this tool did not write: refusing to replace it")
     if kind == "synth" and not is_synth_folder(out):
@@ -164,13 +173,16 @@ def _existing_parent(path: Path) -> Path:
 def atomic_replace(tmp, final) -> None:
     """Move ``tmp`` to ``final``; an earlier folder under ``final`` is removed only once ``tmp`` has taken its name."""
     tmp, final = Path(tmp), Path(final)
-    if final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    try:
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:  # name the output, not the hidden temporary
+        raise OutputError(final, f"cannot be written ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager

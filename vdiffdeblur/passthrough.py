@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 _KEPT_METADATA = ("language", "title", "handler_name")
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}  # the encoders want a named layout, not "2 channels"
+_OPUS_RATES = {8000, 12000, 16000, 24000, 48000}
+_TS_CODECS = {"audio": {"aac", "aac_latm", "mp2", "mp3", "ac3", "eac3", "opus", "dts", "truehd"},
+              "subtitle": {"dvb_subtitle", "dvb_teletext"}}
 _AAC_FORMATS = {"mp4", "mov", "ipod", "matroska", "mpegts", "flv", "avi", "asf"}
 
 
@@ -34,12 +37,14 @@ class StreamCopier:
             if s.type not in ("audio", "subtitle"):
                 continue
             name = s.codec_context.name
-            if _muxer_takes(fmt, source, s.index):
+            if _playable_in(fmt, s.type, name) and _muxer_takes(fmt, source, s.index):
                 o = out.add_stream_from_template(s)
                 self.routes[s.index] = (o, None)
             elif s.type == "audio":
                 codec = "aac" if fmt in _AAC_FORMATS else out.default_audio_codec
                 rate = s.codec_context.sample_rate
+                if "opus" in codec and rate not in _OPUS_RATES:
+                    rate = 48000  # Opus encodes these rates only; the resampler converts
                 layout = _LAYOUTS.get(s.codec_context.channels, s.codec_context.layout.name)
                 o = out.add_stream(codec, rate=rate)
                 o.layout = layout
@@ -53,6 +58,10 @@ class StreamCopier:
             for key in _KEPT_METADATA:
                 if key in s.metadata:
                     o.metadata[key] = s.metadata[key]
+            try:
+                o.disposition = s.disposition  # which track plays by default, forced subtitles, ...
+            except (AttributeError, TypeError, ValueError):
+                pass
         for note in self.notes:
             logger.warning(note)
         wanted = [s for s in self.inp.streams if s.index in self.routes]
@@ -107,6 +116,16 @@ class StreamCopier:
         if self.inp is not None:
             self.inp.close()
             self.inp = None
+
+
+def _playable_in(fmt: str, kind: str, codec: str) -> bool:
+    """False where a muxer takes a stream that players then cannot use (MPEG-TS stores unknown codecs as opaque
+    data; MP4 stores PCM as ipcm, which few players read)."""
+    if fmt == "mpegts":
+        return codec in _TS_CODECS.get(kind, ())
+    if fmt in ("mp4", "ipod") and codec.startswith("pcm_"):
+        return False
+    return True
 
 
 def _muxer_takes(fmt: str, source, index: int, packets: int = 3) -> bool:

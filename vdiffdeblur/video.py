@@ -60,6 +60,11 @@ class VideoInfo:
     display_matrix: tuple | None = None  # the 9 int32 of FFmpeg's display matrix, when the file has one
     colour: ColourInfo | None = None
     streams: tuple = ()  # the other streams, e.g. ("audio aac", "subtitle mov_text")
+    pix_fmt: str = ""  # as decoded, e.g. yuv420p, yuv420p10le
+    variable_rate: bool = False  # the container's nominal rate differs from its average one
+    start: float = 0.0  # seconds of the first frame
+    duration: float = 0.0  # seconds, as the container says (0: unknown)
+    metadata: tuple = ()  # the container's tags as (key, value) pairs: creation_time, location, title, ...
 
 
 @dataclass
@@ -146,7 +151,7 @@ class _FolderSource:
         if not self.files:
             raise VideoError(path, "folder holds no images")
         first = _load_image(self.files[0])
-        fps, self.pts, time_base = DEFAULT_FPS, None, None
+        fps, self.pts, time_base, matrix, rotation = DEFAULT_FPS, None, None, None, 0.0
         meta = path / FOLDER_META
         if meta.is_file():
             try:
@@ -154,12 +159,15 @@ class _FolderSource:
                 fps = float(data["fps"])
                 if "pts" in data and len(data["pts"]) == len(self.files):
                     self.pts, time_base = [int(p) for p in data["pts"]], Fraction(data["time_base"])
+                matrix = tuple(int(v) for v in data["display_matrix"]) if data.get("display_matrix") else None
+                rotation = float(data.get("rotation", 0.0))
             except (ValueError, KeyError, TypeError, ZeroDivisionError):
                 logger.warning("%s: unreadable, assuming %g fps", meta, DEFAULT_FPS)
         if self.pts is None:
             time_base = _rate_time_base(fps)[1]
         self.info = VideoInfo(fps=fps, width=first.shape[1], height=first.shape[0], num_frames=len(self.files),
-                              source=str(path), codec="images", time_base=time_base)
+                              source=str(path), codec="images", time_base=time_base, display_matrix=matrix,
+                              rotation=rotation)
         self._first = first
 
     def timed_frames(self, start: int, end: int) -> Iterator[TimedFrame]:
@@ -184,9 +192,11 @@ class _ImageSource:
 
 
 def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()
+    """FFmpeg's reason alone: no errno number, no repeated file name."""
+    msg = (getattr(e, "strerror", None) or str(e)).strip().splitlines()
     msg = msg[0] if msg else e.__class__.__name__
-    return msg[:200]
+    msg = re.sub(r"^\[Errno -?\d+\]\s*", "", msg)
+    return re.sub(r":\s*'[^']*'$", "", msg)[:200]
 
 
 def _display_matrix(frame) -> tuple | None:
@@ -233,7 +243,12 @@ def _probe_file(path: Path) -> VideoInfo:
             rate = float(s.average_rate or s.guessed_rate or 0) or DEFAULT_FPS
             others = tuple(f"{o.type} {o.codec_context.name}" for o in c.streams
                            if o.type in ("audio", "subtitle"))
-            n = int(s.frames or 0)
+            base, avg = float(s.base_rate or 0), float(s.average_rate or 0)
+            timing = dict(variable_rate=bool(base and avg and abs(base - avg) > 0.01 * avg),
+                          start=float(s.start_time * s.time_base) if s.start_time is not None else 0.0,
+                          duration=(c.duration or 0) / 1_000_000,
+                          metadata=tuple((str(k), str(v)) for k, v in c.metadata.items()))
+            n = int(s.frames or 0) if c.format.name not in _CFR_FORMATS else 0  # AVI counts its empty filler packets
             if not n:  # Matroska & co. store no frame count: count the packets, check them against the duration
                 n, end = 0, None
                 for p in c.demux(s):
@@ -264,7 +279,8 @@ def _probe_file(path: Path) -> VideoInfo:
                 colour = replace(colour, matrix=0)
             return VideoInfo(fps=rate, width=cc.width, height=cc.height, num_frames=n, source=str(path),
                              codec=cc.name or "", time_base=s.time_base, rotation=float(first.rotation or 0),
-                             display_matrix=matrix, colour=colour, streams=others)
+                             display_matrix=matrix, colour=colour, streams=others, pix_fmt=first.format.name,
+                             **timing)
     except av.FFmpegError as e:
         raise VideoError(path, f"not a decodable video ({_short(e)})") from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -66,6 +67,7 @@ class VideoWriter:
         self._yuv_args: dict | None = None
         self._pts: list[int] = []
         self._time_base: Fraction | None = None
+        self._use_pts = False
 
     # context manager ---------------------------------------------------------------
     def __enter__(self) -> "VideoWriter":
@@ -90,6 +92,9 @@ class VideoWriter:
             self._tmp.mkdir()
             if self.like is not None and self.like.streams:
                 self._note(f"{self.path}: a PNG folder holds pictures only; {', '.join(self.like.streams)} not kept")
+            if self.like is not None and self.like.display_matrix:
+                self._note(f"{self.path}: frames are stored as coded (a player turns them {self.like.rotation:g} "
+                           "degrees); the folder remembers the rotation for a video written from it")
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
@@ -115,7 +120,7 @@ class VideoWriter:
             raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} differs from the first frame's "
                              f"{self._size[1]}x{self._size[0]}")
         for k, f in enumerate(frames):
-            t = self._next_pts(None if pts is None else int(pts[k]))
+            t = self._next_pts(None if pts is None or not self._use_pts else int(pts[k]))
             if self.is_folder:
                 Image.fromarray(f).save(self._tmp / f"{self.num_frames:05d}.png", compress_level=1)
             else:
@@ -133,7 +138,13 @@ class VideoWriter:
     def _start(self, h: int, w: int, timed: bool) -> None:
         rate = Fraction(self.fps).limit_denominator(1001)
         like_tb = self.like.time_base if self.like is not None else None
-        self._time_base = like_tb if (timed and like_tb) else 1 / rate
+        if timed and self.path.suffix.lower() in _CONSTANT_RATE:
+            timed = False  # these containers keep one frame period; the source's own timestamps would break them
+            if self.like is not None and (self.like.variable_rate or self.like.start):
+                self._note(f"{self.path}: {self.path.suffix} holds a constant frame rate only: frames are evenly "
+                           f"spaced at {self.fps:g} fps from 0 (use .mp4, .mov or .mkv to keep their times)")
+        self._use_pts = bool(timed and like_tb)
+        self._time_base = like_tb if self._use_pts else 1 / rate
         self._step = max(1, int(round(1 / (rate * self._time_base))))
         if not self.is_folder:
             self._open_stream(h, w, rate)
@@ -176,10 +187,15 @@ class VideoWriter:
             d = ColourInfo.default_for(w, h)
             colour = ColourInfo(colour.primaries, colour.transfer, d.matrix, d.range)
         self._yuv_args = None if rgb else colour.encode_args()
+        if self.like is not None and re.search(r"(p|le|be)(9|1[0-6])", self.like.pix_fmt or ""):
+            self._note(f"{self.path}: the {self.like.pix_fmt} source is written with 8 bits per channel")
         try:
             self._container = av.open(str(self._tmp), mode="w", format=_FORMATS.get(suffix))
         except (av.FFmpegError, OSError) as e:  # name the output, not its hidden temporary
             raise OutputError(self.path, f"cannot be written ({getattr(e, 'strerror', None) or e})") from None
+        for key, value in (self.like.metadata if self.like is not None else ()):
+            if key.lower() not in _OWN_TAGS:  # capture date, place, title: the user's; the rest the muxer writes
+                self._container.metadata[key] = value
         s = self._container.add_stream(codec, rate=rate, options=options)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
         s.codec_context.time_base = self._time_base
@@ -222,6 +238,8 @@ class VideoWriter:
                 raise ValueError(f"{self.path}: no frames were written")
             if self.is_folder:
                 meta = {"fps": self.fps, "time_base": str(self._time_base), "pts": self._pts}
+                if self.like is not None and self.like.display_matrix:
+                    meta |= {"display_matrix": list(self.like.display_matrix), "rotation": self.like.rotation}
                 (self._tmp / FOLDER_META).write_text(json.dumps(meta))
             if self._container is not None:
                 self._mux(self._stream.encode())
@@ -253,6 +271,8 @@ class VideoWriter:
 
 
 # suffixes whose muxer FFmpeg would not guess from a hidden temporary name's suffix alone
+_CONSTANT_RATE = {".avi", ".wmv"}  # containers without per-frame presentation timestamps
+_OWN_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
 _ROTATING = {".mp4", ".mov", ".m4v", ".mkv", ".webm"}  # containers whose muxer writes the display matrix
 # containers that store B-frames badly (no presentation timestamps, or reordered ones on reading back)
 _NO_BFRAMES = {".avi", ".wmv", ".mpg", ".mpeg", ".flv"}

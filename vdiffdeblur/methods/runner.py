@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..outputs import check_output
 from ..video import VideoInfo, VideoWriter, iter_timed_frames, probe
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 # method name -> "module:factory"; factory(source, info, RunOptions, the method's options) -> FrameStream
 METHODS = {
     "transfer": "vdiffdeblur.methods.transfer:make_stream",
-    "dtb": "vdiffdeblur.methods.online:make_stream",
+    "dtb": "vdiffdeblur.methods.dtb:make_stream",
     "fit": "vdiffdeblur.methods.fit.stream:make_stream",
     "diffusion": "vdiffdeblur.methods.diffusion:make_stream",
 }
@@ -61,7 +62,7 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
     info = info or probe(source)
     pending: deque = deque()  # the pts of frames pushed in, handed to frames coming out in the same order
     n = 0
-    with VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info) as w, \
+    with logging_redirect_tqdm(), VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info) as w, \
             tqdm(total=info.num_frames, desc=desc, unit="frame", disable=quiet) as bar:
         def emit(frames):
             nonlocal n

@@ -92,7 +92,7 @@ class DTBNet(ModelMixin, ConfigMixin):
 
     ``step(window, state)`` runs one time step on ``window`` (B, 2m+1, 3, H, W) with H, W multiples of
     :attr:`size_multiple`; ``forward(clip)`` runs a whole clip (B, T, 3, H, W) of any size, frame by frame,
-    with edge frames completed by reflection, exactly as :class:`vdiffdeblur.methods.online.OnlineDeblurrer`
+    with edge frames completed by reflection, exactly as :class:`vdiffdeblur.methods.dtb.OnlineDeblurrer`
     streams it.
     """
 

@@ -389,7 +389,7 @@ def evaluate_shake(model: DTBNet, photos=EVAL_PHOTOS, seeds=(0,), num_frames: in
     worst per-frame loss and the frames made worse by > 0.3 dB; with ``with_guard`` also after the do-no-harm
     guard (:mod:`vdiffdeblur.methods.guard`)."""
     from ..evaluation import score
-    from ..methods.online import OnlineDeblurrer
+    from ..methods.dtb import OnlineDeblurrer
 
     rows = []
     for photo in photos:
