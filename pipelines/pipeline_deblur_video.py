@@ -218,7 +218,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
 
     def resolve_sampling(self, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
         """`None` -> the saved defaults (`config.default_num_inference_steps`, `config.default_guidance_scale`)."""
-        steps = self.config.get("default_num_inference_steps", 50) if num_inference_steps is None else num_inference_steps
+        steps = (self.config.get("default_num_inference_steps", 50) if num_inference_steps is None
+                 else num_inference_steps)
         scale = self.config.get("default_guidance_scale", 3.0) if guidance_scale is None else guidance_scale
         return int(steps), float(scale)
 
@@ -403,7 +404,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
 
             if callback_on_step_end is not None:
                 callback_kwargs = {}
-                local = {"latents": latents, "blur_latents": blur_latents, "encoder_hidden_states": encoder_hidden_states}
+                local = {"latents": latents, "blur_latents": blur_latents,
+                         "encoder_hidden_states": encoder_hidden_states}
                 for name in callback_on_step_end_tensor_inputs:
                     callback_kwargs[name] = local[name]
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
@@ -440,7 +442,9 @@ class DeblurVideoPipeline(DiffusionPipeline):
         residual_decode: bool | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[int, int, dict], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end: (
+            Callable[[int, int, dict], None] | PipelineCallback | MultiPipelineCallbacks | None
+        ) = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ):
         r"""

@@ -64,11 +64,13 @@ def worker(name: str, clip_dirs: list[str]) -> dict:
                 elif what == "rl_oracle":
                     from vdiffdeblur.blur import splat_points
 
-                    kernels = [splat_points(np.asarray(o), 2 * int(np.ceil(np.abs(o).max())) + 3) for o in meta["offsets"]]
+                    kernels = [splat_points(np.asarray(o), 2 * int(np.ceil(np.abs(o).max())) + 3)
+                               for o in meta["offsets"]]
                     frames = np.stack([richardson_lucy(f, k) for f, k in zip(frames, kernels)])
                 write_video(out, frames, fps=meta["fps"], lossless=True)
             else:
-                argv = ["deblur", str(src), "-o", str(out), "--method", what, "--lossless"] + ([] if guard else ["--no-guard"])
+                argv = (["deblur", str(src), "-o", str(out), "--method", what, "--lossless"]
+                        + ([] if guard else ["--no-guard"]))
                 options = deblur_options(build_parser().parse_args(argv + ["--quiet"]))
                 deblur_file(src, out, method=what, options=options, overwrite=True)
         except (NotImplementedError, FileNotFoundError, ValueError) as e:
@@ -87,7 +89,8 @@ def make_clips(root: Path, photos, seeds, frames: int, size: tuple[int, int]) ->
         for seed in seeds:
             d = root / f"{photo}_s{seed}"
             d.mkdir(parents=True, exist_ok=True)
-            c = synthesize_shake(f"builtin:{photo}", ShakeConfig(num_frames=frames, width=size[0], height=size[1]), seed=seed)
+            c = synthesize_shake(f"builtin:{photo}", ShakeConfig(num_frames=frames, width=size[0], height=size[1]),
+                                 seed=seed)
             write_video(d / "blur.mkv", c.blurry, fps=c.fps, lossless=True)
             np.save(d / "sharp.npy", c.sharp)
             (d / "meta.json").write_text(json.dumps(c.metadata()))
@@ -195,12 +198,13 @@ def write_markdown(path: Path, summary: list[dict], missing: dict, args, pngs: l
              "one process per method on 2 CPU cores, decoding and encoding included"
              + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if os.environ.get("OMP_NUM_THREADS") else "")
              + " (the machine is shared, so times are indicative).", "",
-             "| method | PSNR | SSIM | PSNR hard third | SSIM hard third | gain | gain hard third | E_warp x1e3 | worse | s/frame | peak MB |",
+             "| method | PSNR | SSIM | PSNR hard third | SSIM hard third | gain | gain hard third | E_warp x1e3 "
+             "| worse | s/frame | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['method']} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['hard_psnr']:.2f} | {s['hard_ssim']:.4f} | "
-                     f"{s['gain_all']:+.2f} | {s['gain_hard']:+.2f} | {1e3 * s['ewarp']:.3f} | {s['worse']}/{s['frames']} | "
-                     f"{s['s_per_frame']:.3f} | {s['peak_mb']:.0f} |")
+        lines.append(f"| {s['method']} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['hard_psnr']:.2f} | "
+                     f"{s['hard_ssim']:.4f} | {s['gain_all']:+.2f} | {s['gain_hard']:+.2f} | {1e3 * s['ewarp']:.3f} | "
+                     f"{s['worse']}/{s['frames']} | {s['s_per_frame']:.3f} | {s['peak_mb']:.0f} |")
     if missing:
         lines += ["", "Not measured:", ""] + [f"- {k}: {v}" for k, v in missing.items()]
     lines += ["", "`rl_oracle` is Richardson-Lucy deconvolution (30 iterations, linear light) with each frame's true "

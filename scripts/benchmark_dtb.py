@@ -146,7 +146,8 @@ def main(argv=None) -> int:
             res["quality"][name] = rows
             for r in rows:
                 line = (f"{name} {r['photo']:>10} seed {r['seed']}: hard third {r['input_hard_psnr']:.2f} dB "
-                        f"{r['gain_hard']:+.2f} dB, all {r['gain_all']:+.2f} dB, worst frame {-r['worst_loss']:+.2f} dB")
+                        f"{r['gain_hard']:+.2f} dB, all {r['gain_all']:+.2f} dB, "
+                        f"worst frame {-r['worst_loss']:+.2f} dB")
                 if args.guard:
                     line += (f" | guard: hard {r['guard_gain_hard']:+.2f}, all {r['guard_gain_all']:+.2f}, "
                              f"worst {-r['guard_worst_loss']:+.2f}")

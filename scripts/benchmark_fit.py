@@ -19,7 +19,7 @@ It draws docs/fit_psnr_vs_step.png and reports the step at which MAML first reac
 initialisation's final PSNR and the step from which it stays at or above it.
 
 Both write their part of docs/fit_benchmark.json (``quality`` keeps the rows of clips it did not run
-again). Clips are 40 frames of 256x192 (the issue's check). Thread count: ``--threads`` (torch threads of
+again). Clips are 40 frames of 256x192. Thread count: ``--threads`` (torch threads of
 every process; default 1, the measured figures in docs/fit.md say which).
 """
 

@@ -22,10 +22,10 @@ from vdiffdeblur.profiling import peak_rss_mb
 
 
 def make_source(path: Path, frames: int, w: int, h: int) -> None:
+    import cv2
+
     from vdiffdeblur.data.synthetic import load_photo
     from vdiffdeblur.video import VideoWriter
-
-    import cv2
 
     photo = cv2.resize(load_photo("coffee"), (w + 200, h + 200), interpolation=cv2.INTER_AREA)
     with VideoWriter(path, fps=30, preset="ultrafast") as wr:

@@ -4,8 +4,9 @@
     python scripts/benchmark_pipeline.py --model DIR --size 256x256 --frames 16 200 --steps 50 --device cuda
 
 Each length runs in a fresh process that loads the pipeline, deblurs a 4-frame warm-up clip (untimed), then
-streams the clip from a lossless file into a lossless file `--repeat` times (the fastest run counts). Reported: wall and CPU seconds per frame, resident
-memory (peak during the run and its increase over the loaded pipeline) and, on CUDA, peak allocated GPU memory;
+streams the clip from a lossless file into a lossless file `--repeat` times (the fastest run counts). Reported:
+wall and CPU seconds per frame, resident memory (peak during the run and its increase over the loaded pipeline)
+and, on CUDA, peak allocated GPU memory;
 then the ratios of the longest run to the shortest (goals: memory <= 1.2, time per frame within 1.2x), and the
 ratio of frames the UNet processes per output frame (overlapping windows process the shared frames twice).
 """
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
         "time_per_frame_ratio": b["seconds_per_frame"] / a["seconds_per_frame"],
         "cpu_time_per_frame_ratio": b["cpu_seconds_per_frame"] / a["cpu_seconds_per_frame"],
         # frames the UNet processes per output frame, longest run over shortest (what overlap costs)
-        "unet_frames_ratio": _unet_frames(b["frames"], args) / b["frames"] / (_unet_frames(a["frames"], args) / a["frames"]),
+        "unet_frames_ratio": (_unet_frames(b["frames"], args) / b["frames"]
+                              / (_unet_frames(a["frames"], args) / a["frames"])),
     }
     if "cuda_peak_allocated_mb" in a:
         ratios["cuda_peak_ratio"] = b["cuda_peak_allocated_mb"] / a["cuda_peak_allocated_mb"]

@@ -23,13 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="DeblurVideoPipeline folder (save_pretrained layout)")
     p.add_argument("--input", required=True, help="blurry video file or frame folder")
     p.add_argument("--output", required=True, help="output video (.mp4, .mkv, ...) or a folder path for PNGs")
-    p.add_argument("--steps", type=int_in(1), default=None, help="DDIM steps (default: the pipeline's, 50 unless saved otherwise)")
-    p.add_argument("--guidance", type=float_from(0), default=None, help="classifier-free guidance scale (default: the pipeline's)")
+    p.add_argument("--steps", type=int_in(1), default=None,
+                   help="DDIM steps (default: the pipeline's, 50 unless saved otherwise)")
+    p.add_argument("--guidance", type=float_from(0), default=None,
+                   help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--eta", type=float_from(0), default=0.0, help="DDIM eta (default 0: deterministic)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
     p.add_argument("--window", type=int_in(1), default=None, help="frames per temporal window (default 16)")
     p.add_argument("--overlap", type=int_in(0), default=None, help="frames shared by consecutive windows (default 4)")
-    p.add_argument("--tile-size", type=int_in(1), default=None, help="denoise frames in spatial tiles of this many pixels")
+    p.add_argument("--tile-size", type=int_in(1), default=None,
+                   help="denoise frames in spatial tiles of this many pixels")
     p.add_argument("--decode-chunk-size", type=int_in(1), default=8, help="frames per VAE call")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")

@@ -82,7 +82,8 @@ def main() -> int:
         write_video(out / f"{m}.mp4", frames, fps=clip.fps)
         rows.append((m, score(frames, clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent), dt, ""))
 
-    hdr = f"{'method':14s} {'PSNR':>7s} {'hard 1/3':>8s} {'SSIM':>6s} {'E_warp':>8s} {'gain':>6s} {'gain 1/3':>8s} {'worse':>5s} {'time':>7s}"
+    hdr = (f"{'method':14s} {'PSNR':>7s} {'hard 1/3':>8s} {'SSIM':>6s} {'E_warp':>8s} {'gain':>6s} {'gain 1/3':>8s} "
+           f"{'worse':>5s} {'time':>7s}")
     lines = [hdr, "-" * len(hdr)]
     for name, s, dt, why in rows:
         if s is None:
@@ -105,7 +106,8 @@ def main() -> int:
     clips = [clip.sharp, clip.blurry] + list(results.values())
     write_video(out / "side_by_side.mp4", side_by_side(clips, names), fps=clip.fps)
     worst = int(np.argmax(clip.blur_extent))
-    Image.fromarray(comparison_image([c[worst] for c in clips], names, crop=min(64, h // 2))).save(out / "comparison.png")
+    Image.fromarray(comparison_image([c[worst] for c in clips], names, crop=min(64, h // 2))).save(
+        out / "comparison.png")
     print(f"wrote {out}/: blurry.mp4, truth.mp4, one video per method, side_by_side.mp4, comparison.png "
           f"(frame {worst}, the blurriest), results.txt/json")
     return 0

@@ -53,16 +53,8 @@ def main(argv=None) -> int:
     vae_summary_path = Path(args.vae_dir) / "summary.json"
     vae_summary = json.loads(vae_summary_path.read_text()) if vae_summary_path.is_file() else {}
     timings = json.loads(Path(args.timings).read_text()) if args.timings else {}
-    commands = [
-        "OMP_NUM_THREADS=1 python training/train_vae.py --config training/configs/small_vae.yaml",
-        "python scripts/make_small_pipeline.py --vae outputs/diffusion_vae/vae --out outputs/diffusion_init",
-        "OMP_NUM_THREADS=1 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no "
-        "--dynamo_backend no training/stage1.py --config training/configs/small.yaml",
-        "OMP_NUM_THREADS=1 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no "
-        "--dynamo_backend no training/stage2.py --config training/configs/small.yaml",
-        "python scripts/ship_diffusion_model.py --model outputs/diffusion_stage2"
-        + (f" --steps {args.steps}" if args.steps else "") + (f" --guidance {args.guidance:g}" if args.guidance else ""),
-    ]
+    # the recipe, not this run's paths: the card says how the model is made
+    commands = ["python scripts/reproduce.py diffusion   # training/recipes/diffusion.yaml; --dry-run prints each step"]
     table = quality_table(report)
     write_card(out, report, table, vae_summary, commands, timings)
     print(table)

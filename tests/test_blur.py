@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from vdiffdeblur.blur import (apply_kernel, average_subframes, kernel_centroid, kernel_extent, linear_motion_kernel,
-                              linear_to_srgb, random_trajectory_kernel, srgb_to_linear)
+from vdiffdeblur.blur import (
+    apply_kernel,
+    average_subframes,
+    kernel_centroid,
+    kernel_extent,
+    linear_motion_kernel,
+    linear_to_srgb,
+    random_trajectory_kernel,
+    srgb_to_linear,
+)
 from vdiffdeblur.frames import as_frames_tensor
 
 

@@ -20,7 +20,6 @@ from vdiffdeblur.models.blur_encoder import (
 )
 from vdiffdeblur.pipelines.tiny import TINY_CLIP_VISION_CONFIG
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

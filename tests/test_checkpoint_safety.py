@@ -23,9 +23,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vdiffdeblur.trainer.checkpoints import (MANIFEST_FILE, CorruptCheckpointError, list_checkpoints, load_resume,
-                                             prune_checkpoints, remove_partial_checkpoints, resolve_resume,
-                                             save_checkpoint, temp_checkpoint_dir, verify_checkpoint)
+from vdiffdeblur.trainer.checkpoints import (
+    MANIFEST_FILE,
+    CorruptCheckpointError,
+    list_checkpoints,
+    load_resume,
+    prune_checkpoints,
+    remove_partial_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+    temp_checkpoint_dir,
+    verify_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "training" / "configs" / "tiny.yaml"

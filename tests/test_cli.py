@@ -21,7 +21,8 @@ def synth_dir(tmp_path_factory):
 
 
 def test_synth_layout(synth_dir):
-    blur, sharp, mkv = read_video(synth_dir / "blur"), read_video(synth_dir / "sharp"), read_video(synth_dir / "blur.mkv")
+    blur, sharp, mkv = (read_video(synth_dir / "blur"), read_video(synth_dir / "sharp"),
+                        read_video(synth_dir / "blur.mkv"))
     assert blur.frames.shape == sharp.frames.shape == (9, 64, 96, 3)
     np.testing.assert_array_equal(mkv.frames, blur.frames)
     assert sorted(p.name for p in (synth_dir / "blur").glob("*.png"))[:2] == ["00000.png", "00001.png"]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 import vdiffdeblur
 from vdiffdeblur import cli
 from vdiffdeblur.cli import build_parser, error_message, main
 from vdiffdeblur.video import read_video, write_video
-from helpers import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -327,8 +327,8 @@ def _poison(module):
 
 
 def test_a_model_that_outputs_nan_is_refused_and_nothing_is_written(clip, tiny_model, tmp_path, capsys):
-    from vdiffdeblur.methods.fit.initialisation import load_init
     from vdiffdeblur.methods.dtb import load_dtb_model
+    from vdiffdeblur.methods.fit.initialisation import load_init
     from vdiffdeblur.pipelines import DeblurVideoPipeline
 
     models = tmp_path / "models"

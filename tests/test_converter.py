@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from helpers import load_script
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from vdiffdeblur.pipelines import DeblurVideoPipeline
 from vdiffdeblur.pipelines.tiny import (
     TINY_CLIP_TEXT_CONFIG,
     TINY_CLIP_VISION_CONFIG,
@@ -19,10 +21,6 @@ from vdiffdeblur.pipelines.tiny import (
     TINY_V_SCHEDULER_CONFIG,
     TINY_VAE_CONFIG,
 )
-from vdiffdeblur.pipelines import DeblurVideoPipeline
-from helpers import load_script
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,7 +93,8 @@ def test_converter_keeps_v_prediction_and_uses_open_clip(tmp_path, t2v_and_clip,
     from safetensors.torch import save_file
 
     write_t2v_folder(tmp_path / "t2v-v", TINY_V_SCHEDULER_CONFIG, seed=2)
-    cfg = {"embed_dim": 12, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
+    cfg = {"embed_dim": 12,
+           "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
     (tmp_path / "vdd-conv-vit.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "vdd-conv-vit.json")

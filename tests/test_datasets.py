@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vdiffdeblur.data import (DatasetError, PairedVideoDataset, ShakeConfig, SyntheticShakeDataset,
-                              detect_layout)
+from vdiffdeblur.data import DatasetError, PairedVideoDataset, ShakeConfig, SyntheticShakeDataset, detect_layout
 from vdiffdeblur.video import write_video
 
 N_FRAMES, H, W = 6, 40, 48
@@ -210,7 +209,8 @@ def test_synthetic_items_shapes_and_keys():
 
 def test_synthetic_is_seeded_per_index():
     kw = dict(sources=["astronaut"], num_clips=2, clip_len=3, crop=24, config=SMALL, frames_per_clip=6)
-    a, b, c = SyntheticShakeDataset(seed=3, **kw), SyntheticShakeDataset(seed=3, **kw), SyntheticShakeDataset(seed=4, **kw)
+    a, b, c = (SyntheticShakeDataset(seed=3, **kw), SyntheticShakeDataset(seed=3, **kw),
+               SyntheticShakeDataset(seed=4, **kw))
     assert torch.equal(a[1]["blurry"], b[1]["blurry"]) and torch.equal(a[1]["sharp"], b[1]["sharp"])
     assert not torch.equal(a[1]["blurry"], c[1]["blurry"])
     assert not torch.equal(a[0]["blurry"], a[1]["blurry"])
@@ -248,7 +248,8 @@ def test_augment_source_is_a_seeded_flipped_channel_permuted_sub_window():
                 for perm in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]))
     assert found
     whole = augment_source(photo, np.random.default_rng(1))
-    assert sorted(whole.shape[:2]) == [40, 60] and sorted(whole.reshape(-1).tolist()) == sorted(photo.reshape(-1).tolist())
+    assert sorted(whole.shape[:2]) == [40, 60]
+    assert sorted(whole.reshape(-1).tolist()) == sorted(photo.reshape(-1).tolist())
     video = np.stack([photo, 255 - photo])  # a video: the same view for every frame
     v = augment_source(video, np.random.default_rng(2), zoom=(0.6, 0.9))
     assert np.array_equal(v[1], 255 - v[0])

@@ -3,19 +3,16 @@ scripts/ddim_inference.py, end to end with a tiny pipeline folder; user errors e
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 from vdiffdeblur.cli import main as cli_main
 from vdiffdeblur.frames import to_uint8_frames
 from vdiffdeblur.methods.diffusion import load_pipeline, measure_deblur_file, resolve_device, resolve_dtype
 from vdiffdeblur.pipelines import DeblurVideoPipeline
 from vdiffdeblur.video import probe, read_video, write_video
-from helpers import load_script
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +70,6 @@ def test_ddim_script_deblurs_a_file_end_to_end(model_dir, blurry, tmp_path, caps
 
 
 def test_cli_guard_default(model_dir, blurry, tmp_path):
-    pytest.importorskip("vdiffdeblur.methods.guard")
     src, _ = blurry
     out = tmp_path / "guarded.mkv"
     rc = cli_main(["deblur", str(src), "-o", str(out), "--method", "diffusion", "--model", str(model_dir),

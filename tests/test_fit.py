@@ -1,6 +1,6 @@
 """Fit-to-test-data deblurring: networks, losses, blur generation, the method and its CLI.
 
-Fast tests use tiny networks and a few steps. The real quality check (the issue's must-hold on a 40-frame
+Fast tests use tiny networks and a few steps. The real quality check (the quality bar on a 40-frame
 256x192 camera-shake clip) is marked slow: ``pytest -m slow tests/test_fit.py``.
 """
 
@@ -14,8 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from vdiffdeblur.blur import (LengthSampler, apply_kernel, blur_crops, cut_patches, kernel_centroid,
-                              linear_motion_kernel, linear_to_srgb, make_kernel)
+from vdiffdeblur.blur import (
+    LengthSampler,
+    apply_kernel,
+    blur_crops,
+    cut_patches,
+    kernel_centroid,
+    linear_motion_kernel,
+    linear_to_srgb,
+    make_kernel,
+)
 from vdiffdeblur.frames import as_frames_tensor, to_uint8_frames
 from vdiffdeblur.losses import gradient_penalty, patch_sharpness, pixel_loss_per_sample, reweight
 from vdiffdeblur.methods.fit import deblurrer
@@ -338,7 +346,8 @@ def _write_matconvnet(sd, path, average=(123.68, 116.779, 103.939)):
     cells = np.empty((1, len(layers)), dtype=object)
     for i, l in enumerate(layers):
         cells[0, i] = l
-    savemat(str(path), {"layers": cells, "meta": {"normalization": {"averageImage": np.array(average).reshape(1, 1, 3)}}})
+    savemat(str(path), {"layers": cells,
+                        "meta": {"normalization": {"averageImage": np.array(average).reshape(1, 1, 3)}}})
 
 
 def test_fake_vgg_files_of_both_formats_load_into_the_same_features(tmp_path):
@@ -521,7 +530,7 @@ def test_cli_threads_override_the_load_based_choice(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ the real quality check
 @pytest.mark.slow
 def test_quality_on_a_camera_shake_clip_from_an_unseen_photo(tmp_path):
-    """The issue's must-hold: CLI defaults, 40 frames 256x192 from an evaluation photo (not seen by the MAML
+    """The quality bar: CLI defaults, 40 frames 256x192 from an evaluation photo (not seen by the MAML
     init): >= 2 dB on the blurriest third, no frame worse by more than 0.3 dB. Measured +3.13 dB here (coffee,
     whose seed-0 clip also set the defaults); it holds on coins and coffee seed 1 too but not on chelsea or
     motorcycle (+1.3 dB each, docs/fit.md), so this checks a regression, not every photo."""
@@ -546,7 +555,7 @@ def test_quality_on_a_camera_shake_clip_from_an_unseen_photo(tmp_path):
 
 @pytest.mark.slow
 def test_maml_reaches_the_random_inits_final_psnr_in_a_tenth_of_the_steps():
-    """The issue's second must-hold on the reference clip (coffee seed 0, 40 frames 256x192, default fit): the
+    """The step bar on the reference clip (coffee seed 0, 40 frames 256x192, default fit): the
     network fitted from the shipped MAML init, 100 steps into the default 1000-step fit, is at least as good on
     the blurriest third as the one fitted from a random init after all 1000 steps. docs/fit.md has the curves
     of four clips (it holds, or misses by up to 0.1 dB, on the others)."""

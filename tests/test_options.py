@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from vdiffdeblur.cli import build_parser, deblur_options
-from vdiffdeblur.methods.options import (DiffusionOptions, DTBOptions, FitOptions, RunOptions, TransferOptions,
-                                         split_options)
+from vdiffdeblur.methods.options import (
+    DiffusionOptions,
+    DTBOptions,
+    FitOptions,
+    RunOptions,
+    TransferOptions,
+    split_options,
+)
 from vdiffdeblur.methods.runner import build_stream, deblur_file
 from vdiffdeblur.methods.stream import Chain, frame_list
 from vdiffdeblur.video import write_video

@@ -16,19 +16,17 @@ import torch
 from diffusers import DDIMScheduler, UNet3DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from helpers import REPO
 
+from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput, ModelFolderError
 from vdiffdeblur.pipelines.tiny import (
     TINY_T2V_UNET_CONFIG,
     TINY_V_SCHEDULER_CONFIG,
     make_tiny_pipeline,
     tiny_components,
 )
-from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput, ModelFolderError
 from vdiffdeblur.pipelines.windows import num_windows, tile_starts
 from vdiffdeblur.video import Video, VideoInfo
-
-from helpers import REPO
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -385,7 +383,8 @@ v = np.load({str(tmp_path / 'in.npy')!r})
 p = DeblurVideoPipeline.from_pretrained({str(saved)!r})
 p.set_progress_bar_config(disable=True)
 np.save({str(tmp_path / 'a.npy')!r}, p(v, num_inference_steps=2, generator=torch.Generator().manual_seed(3)).frames)
-c = DiffusionPipeline.from_pretrained({str(saved)!r}, custom_pipeline={str(REPO / 'pipelines' / 'pipeline_deblur_video.py')!r},
+c = DiffusionPipeline.from_pretrained({str(saved)!r},
+                                      custom_pipeline={str(REPO / 'pipelines' / 'pipeline_deblur_video.py')!r},
                                       trust_remote_code=True)
 c.set_progress_bar_config(disable=True)
 assert type(c).__name__ == "DeblurVideoPipeline"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vdiffdeblur.models.conditioning import decode_video_latents
-from vdiffdeblur.pipelines.tiny import make_tiny_pipeline, tiny_components
 from vdiffdeblur.pipelines import DeblurVideoPipeline
+from vdiffdeblur.pipelines.tiny import make_tiny_pipeline, tiny_components
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,8 @@ def test_sampling_defaults_are_saved_and_used(tmp_path):
                                default_guidance_scale=1.0)
     pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
-    assert (index["residual_decode"], index["default_num_inference_steps"], index["default_guidance_scale"]) == (True, 3, 1.0)
+    assert (index["residual_decode"], index["default_num_inference_steps"],
+            index["default_guidance_scale"]) == (True, 3, 1.0)
     loaded = DeblurVideoPipeline.from_pretrained(tmp_path / "p")
     loaded.set_progress_bar_config(disable=True)
     out = loaded(_clip(), generator=torch.Generator().manual_seed(0)).frames[0]
@@ -142,8 +143,7 @@ def test_default_model_error_and_shipped_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--model"):
         diffusion.load_pipeline(None, device="cpu")
     monkeypatch.setattr(diffusion, "DEFAULT_MODEL", shipped)
-    if not (shipped / "model_index.json").is_file():
-        pytest.fail(f"the shipped diffusion model {shipped} is missing")
+    assert (shipped / "model_index.json").is_file(), f"the shipped diffusion model {shipped} is missing"
     size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file()) / 2**20
     assert size <= 20
     assert not list(shipped.rglob("*.bin")) and not list(shipped.rglob("*.pt"))

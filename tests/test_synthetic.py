@@ -3,8 +3,14 @@ import pytest
 from scipy.stats import spearmanr
 
 from vdiffdeblur.blur import apply_kernel
-from vdiffdeblur.data.synthetic import (BUILTIN_PHOTOS, EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, load_photo,
-                                        synthesize_shake)
+from vdiffdeblur.data.synthetic import (
+    BUILTIN_PHOTOS,
+    EVAL_PHOTOS,
+    TRAIN_PHOTOS,
+    ShakeConfig,
+    load_photo,
+    synthesize_shake,
+)
 from vdiffdeblur.frames import as_frames_tensor
 from vdiffdeblur.metrics import psnr
 

@@ -479,8 +479,8 @@ def test_training_data_order_is_seeded_and_validation_is_held_out():
     from vdiffdeblur.trainer.data import build_train_dataset, collate, validation_clips
 
     cfg = DiffusionTrainConfig(pretrained="tiny", clip_len=3, crop=32, synth_width=48, synth_height=48,
-                               frames_per_clip=4, num_clips=4, samples_per_clip=2, num_validation_clips=2, validation_frames=3,
-                               validation_size=32)
+                               frames_per_clip=4, num_clips=4, samples_per_clip=2, num_validation_clips=2,
+                               validation_frames=3, validation_size=32)
     a, b = build_train_dataset(cfg), build_train_dataset(cfg)
     ids_a = collate([a[i] for i in range(8)])["ids"]
     assert ids_a == collate([b[i] for i in range(8)])["ids"]

@@ -5,7 +5,7 @@ resume."""
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,8 @@ def test_every_field_is_a_flag_and_no_flags_mean_the_defaults(name):
 @pytest.mark.parametrize("name", list(CLIS))
 def test_unknown_options_fail_with_one_line_naming_them(name, tmp_path):
     cli = CLIS[name]()
-    with pytest.raises(ConfigError, match=r"unknown .*option\(s\) on the command line: --seeed \(did you mean --seed\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown .*option\(s\) on the command line: --seeed \(did you mean --seed\?\)"):
         cli.parse(["--seeed", "3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 1\nsed: 2\n")
@@ -77,7 +78,8 @@ def test_command_line_none_clears_what_the_yaml_set(tmp_path):
     assert dtb_cli().parse(["--config", str(CONFIGS / "dtb.yaml")]).checkpoints_total_limit == 1
     vae = tmp_path / "vae.yaml"
     vae.write_text("checkpoints_total_limit: 3\nresume_from_checkpoint: latest\n")
-    cfg = vae_cli().parse(["--config", str(vae), "--checkpoints_total_limit", "null", "--resume_from_checkpoint", "none"])
+    cfg = vae_cli().parse(["--config", str(vae), "--checkpoints_total_limit", "null",
+                           "--resume_from_checkpoint", "none"])
     assert cfg.checkpoints_total_limit is None and cfg.resume_from_checkpoint is None
 
 
@@ -123,29 +125,93 @@ def test_meta_training_reads_yaml_flat_or_under_meta(tmp_path):
     assert _json(asdict(maml_cli().parse(["--config", str(tmp_path / "record.yaml")]))) == record
 
 
-def _with_defaults(record: dict) -> dict:
-    """A MAML record with the options it predates at their defaults."""
-    meta_defaults = _json(asdict(MetaConfig()))
-    defaults = _json({f.name: f.default for f in fields(MetaTrainConfig) if f.default is not MISSING})
-    return {**defaults, **record, "meta": {**meta_defaults, **record["meta"]}}
+def test_a_config_inherits_its_base_key_by_key(tmp_path):
+    """``base:`` names a file next to the config; the base's options (its own base's first), then the file's."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("seed: 1\nsteps: 5\nmeta:\n  inner_lr: 0.01\n  patch_size: 32\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nsteps: 6\n")
+    (tmp_path / "sub" / "top.yaml").write_text("base: mid.yaml\nmeta:\n  inner_lr: 0.02\n")
+    cfg = maml_cli().parse(["--config", str(tmp_path / "sub" / "top.yaml"), "--seed", "3"])
+    assert (cfg.seed, cfg.steps, cfg.meta.inner_lr, cfg.meta.patch_size) == (3, 6, 0.02, 32)
+    # each file's section applies on top of its own top level; the file's options on top of the base's
+    (tmp_path / "child.yaml").write_text(f"base: {CONFIGS / 'tiny.yaml'}\nmax_train_steps: 7\n"
+                                         "stage2:\n  output_dir: elsewhere\n")
+    s1, s2 = (stage_cli(n).parse(["--config", str(tmp_path / "child.yaml")]) for n in (1, 2))
+    assert (s1.output_dir, s1.max_train_steps, s1.learning_rate) == ("runs/tiny/stage1", 7, 1e-3)
+    assert (s2.output_dir, s2.pretrained) == ("elsewhere", "runs/tiny/stage1")
+    # a base's mistakes name the base
+    (tmp_path / "typo.yaml").write_text("sed: 1\n")
+    (tmp_path / "uses_typo.yaml").write_text("base: typo.yaml\n")
+    with pytest.raises(ConfigError, match=r"in .*typo.yaml: sed"):
+        maml_cli().parse(["--config", str(tmp_path / "uses_typo.yaml")])
 
 
-def test_the_maml_yaml_gives_the_shipped_stages_settings():
-    """training/configs/fit_maml.yaml is stage 1 of the shipped initialisation; with the command-line options
-    docs/fit.md gives stage 2, it is stage 2 (output folders aside)."""
-    yml = str(CONFIGS / "fit_maml.yaml")
-    stage1 = _json(asdict(maml_cli().parse(["--config", yml])))
-    record1 = _with_defaults(json.loads((SHIPPED_MAML / "meta_train_stage1.json").read_text())["config"])
-    assert {**stage1, "output_dir": None} == {**record1, "output_dir": None}
-    stage2 = _json(asdict(maml_cli().parse(["--config", yml, "--init", "vdiffdeblur/checkpoints/fit_maml", "--seed", "1",
-                                            "--steps", "10000", "--outer_lr", "1e-4", "--checkpointing_steps", "2000"])))
-    record2 = _with_defaults(json.loads((SHIPPED_MAML / "meta_train_stage2.json").read_text())["config"])
-    assert {**stage2, "output_dir": None} == {**record2, "output_dir": None}
-    # the same as the command line the Makefile runs for stage 1
-    argv = ["--output_dir", "outputs/fit_maml", "--steps", "6000", "--seed", "0", "--first_order", "true",
-            "--inner_lr", "0.003", "--reweight", "false", "--num_threads", "1", "--mixed_precision", "bf16",
-            "--checkpointing_steps", "1500"]
-    assert asdict(maml_cli().parse(argv)) == asdict(maml_cli().parse(["--config", yml]))
+@pytest.mark.parametrize("files", [{"a.yaml": "base: a.yaml\n"},
+                                   {"a.yaml": "base: b.yaml\nseed: 1\n", "b.yaml": "base: c.yaml\n",
+                                    "c.yaml": "base: b.yaml\n"}])
+def test_a_cycle_of_base_configs_is_a_one_line_error(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match="base configs form a cycle") as e:
+        dtb_cli().parse(["--config", str(tmp_path / "a.yaml")])
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_or_malformed_base_names_the_config(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"a.yaml: base config nowhere.yaml not found"):
+        dtb_cli().parse(["--config", str(tmp_path / "a.yaml")])
+    (tmp_path / "b.yaml").write_text("base: [x.yaml]\n")
+    with pytest.raises(ConfigError, match="base must name a YAML file"):
+        dtb_cli().parse(["--config", str(tmp_path / "b.yaml")])
+
+
+#: configs rewritten on a base, as they were before (self-contained, comments left out)
+SELF_CONTAINED = {"dtb_fur_finetune.yaml": (dtb_cli, """
+seed: 7
+variant: strcnn_dtb
+train_data: synthetic
+photos: [astronaut, rocket, hubble_deep_field, retina, immunohistochemistry, camera, brick, grass, gravel, moon,
+         dead_leaves, dead_leaves, dead_leaves, dead_leaves, dead_leaves,
+         dead_leaves, dead_leaves, dead_leaves, dead_leaves, dead_leaves]
+num_clips: 384
+frames_per_clip: 16
+still_fraction: 0.1
+augment: true
+source_zoom: [0.55, 1.0]
+synth_width: 192
+synth_height: 144
+clip_len: 12
+crop: 96
+fur_fraction: 0.5
+train_batch_size: 2
+max_train_steps: 1500
+learning_rate: 1.0e-4
+lr_decay_rate: 0.9
+lr_decay_steps: 500
+weight_decay: 1.0e-5
+loss: log_mse
+finetune_steps: 0
+loss_eps: 1.0e-5
+mixed_precision: bf16
+channels_last: true
+num_threads: 1
+checkpointing_steps: 500
+checkpoints_total_limit: 1
+validation_steps: 500
+num_validation_clips: 2
+validation_frames: 24
+report_to: auto
+""")}
+
+
+@pytest.mark.parametrize("name", list(SELF_CONTAINED))
+def test_configs_rewritten_on_a_base_parse_as_before(name, tmp_path):
+    cli, text = SELF_CONTAINED[name]
+    assert "base:" in (CONFIGS / name).read_text()
+    (tmp_path / name).write_text(text)
+    now, before = (cli().parse(["--config", str(path)]) for path in (CONFIGS / name, tmp_path / name))
+    assert asdict(now) == asdict(before)
 
 
 def test_every_trainer_refuses_evaluation_photos(tmp_path):

@@ -123,8 +123,8 @@ def test_cli_transfer_end_to_end(tmp_path):
     outs = {}
     for flag in ([], ["--no-guard"]):
         out = tmp_path / f"t{len(flag)}.mkv"
-        r = subprocess.run(cli + ["deblur", str(clip / "blur.mkv"), "-o", str(out), "--method", "transfer", "--lossless",
-                                  *flag], capture_output=True, text=True)
+        r = subprocess.run(cli + ["deblur", str(clip / "blur.mkv"), "-o", str(out), "--method", "transfer",
+                                  "--lossless", *flag], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         outs[bool(flag)] = read_video(out).frames
     sharp, blurry = read_video(clip / "sharp").frames, read_video(clip / "blur.mkv").frames

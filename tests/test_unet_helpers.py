@@ -13,14 +13,13 @@ from vdiffdeblur.models.conditioning import (
     encode_condition,
     encode_video_latents,
 )
-from vdiffdeblur.pipelines.tiny import TINY_T2V_UNET_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, tiny_components
 from vdiffdeblur.models.unet import (
     disable_unet_gradient_checkpointing,
     enable_unet_gradient_checkpointing,
     is_unet_gradient_checkpointing,
     widen_conv_in,
 )
-
+from vdiffdeblur.pipelines.tiny import TINY_T2V_UNET_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, tiny_components
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdiffdeblur.video import (VideoError, VideoWriter, iter_frames, iter_windows, probe, read_video,
-                               write_video)
+from vdiffdeblur.video import VideoError, VideoWriter, iter_frames, iter_windows, probe, read_video, write_video
 
 
 def _psnr(a, b):

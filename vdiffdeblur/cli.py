@@ -77,7 +77,7 @@ def error_message(e: BaseException) -> str:
 def cmd_synth(args) -> int:
     from .data.synthetic import ShakeConfig, synthesize_shake
     from .outputs import check_output, remove_leftovers
-    from .video import VideoWriter, atomic_replace, temp_sibling, remove_path
+    from .video import VideoWriter, atomic_replace, remove_path, temp_sibling
 
     out = Path(args.output)
     check_output(out, overwrite=args.overwrite, kind="synth")

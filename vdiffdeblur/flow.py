@@ -42,7 +42,8 @@ def robust_flow(src_gray: np.ndarray, dst_gray: np.ndarray, sigma: float = 1.5, 
     def prep(g):
         g = cv2.GaussianBlur(g, (0, 0), sigma) if sigma > 0 else g
         if scale != 1:
-            g = cv2.resize(g, (max(8, int(round(w * scale))), max(8, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
+            g = cv2.resize(g, (max(8, int(round(w * scale))), max(8, int(round(h * scale)))),
+                           interpolation=cv2.INTER_AREA)
         if g.dtype != np.uint8:  # DIS takes 8-bit grey; float input is in [0, 1]
             g = np.clip(g * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return g

@@ -18,7 +18,15 @@ import numpy as np
 from PIL import Image
 
 from .colour import ColourInfo
-from .outputs import FOLDER_META, OutputError, atomic_replace, is_frame_folder, remove_leftovers, remove_path, temp_sibling
+from .outputs import (
+    FOLDER_META,
+    OutputError,
+    atomic_replace,
+    is_frame_folder,
+    remove_leftovers,
+    remove_path,
+    temp_sibling,
+)
 from .video import DEFAULT_FPS, VIDEO_SUFFIXES, VideoInfo
 
 logger = logging.getLogger(__name__)

@@ -100,7 +100,8 @@ def dead_leaves(height: int = 384, width: int = 512, rng: np.random.Generator | 
     def colour():
         if textures and rng.random() < 0.7:
             t = textures[int(rng.integers(len(textures)))]
-            return t[int(rng.integers(t.shape[0])), int(rng.integers(t.shape[1]))][rng.permutation(3)].astype(np.float32)
+            pixel = t[int(rng.integers(t.shape[0])), int(rng.integers(t.shape[1]))]
+            return pixel[rng.permutation(3)].astype(np.float32)
         c = rng.uniform(0, 255, 3)  # uniform, pulled part way to grey: saturated colours are rare in photos
         return (c + rng.uniform(0.0, 0.8) * (c.mean() - c)).astype(np.float32)
 

@@ -13,7 +13,7 @@ a training photo.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -229,7 +229,8 @@ def synthesize_shake(source, config: ShakeConfig | None = None, seed: int = 0) -
                                   borderMode=cv2.BORDER_REFLECT)
         mid = _affine(center_src, *_interp(np.array([float(i)]), t, pos), _interp(np.array([float(i)]), t, rot)[0],
                       _interp(np.array([float(i)]), t, zoom)[0], out_c)
-        gt = cv2.warpAffine(src, mid, (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+        gt = cv2.warpAffine(src, mid, (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REFLECT)
         b = linear_to_srgb(acc / n_sub)
         b = b + rng.normal(0.0, cfg.noise_sigma, b.shape).astype(np.float32)
         blurry.append((np.clip(b, 0, 1) * 255 + 0.5).astype(np.uint8))

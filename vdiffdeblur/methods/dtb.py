@@ -46,8 +46,9 @@ class OnlineDeblurrer(OneByOne):
 
     ``push(frames)`` takes uint8 (H, W, 3) frames (or float (3, H, W) in [0, 1]) and returns the sharp frames
     now ready, each ``m`` frames behind the newest input (same type as the input; none while the look-ahead
-    fills); ``flush()`` returns the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16 where the CPU supports it
-    (float32 otherwise); ``channels_last`` and an optional ``torch.compile`` speed it up. The stream is
+    fills); ``flush()`` returns the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16
+    where the CPU supports it (float32 otherwise); ``channels_last`` and an optional ``torch.compile`` speed it
+    up. The stream is
     reusable: ``reset()`` (called by ``flush``) starts a new video. ``name`` is how errors name the model (a
     model whose output is not finite raises :class:`~vdiffdeblur.frames.NonFiniteOutputError`).
     """

@@ -93,7 +93,8 @@ class DoNoHarmGuard:
         a = solve_log_sharpness(len(idx), pairs)
         _, x, y, _ = next(f for f in self.frames if f[0] == t)
         w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
-        out = x if not w.any() else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8)
+        out = (x if not w.any()
+               else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
         info["kept"] = float(w.mean())
         self.log.append(info)
         self.n_out += 1

@@ -14,8 +14,8 @@ recurrent variants, the previous step's state, and returns the sharp frame ``L_n
 * **decoder**: ``num_res_blocks`` residual blocks on ``h~_n``, then a 4x4 stride-2 transposed conv back to
   full size (plus, with ``encoder_skip=True``, the encoder's full-size filtered frames) and a 3x3 conv
   to the 3 output channels (with ``linear_light=True`` the network sees and corrects the frames in linear
-  light, where blur is a plain average, and the result goes back to sRGB), and (recurrent variants) a 3x3 conv at half size to
-  the next feature map ``F_n``.
+  light, where blur is a plain average, and the result goes back to sRGB), and (recurrent variants) a 3x3 conv
+  at half size to the next feature map ``F_n``.
 
 ``variant`` selects the paper's three models (Fig. 3): ``"cnn"`` (no state at all: no ``F`` input channels,
 no ``F_n`` head, no blending cell), ``"strcnn"`` (feature map ``F`` recurrence, no blending cell) and
@@ -24,8 +24,9 @@ no ``F_n`` head, no blending cell), ``"strcnn"`` (feature map ``F`` recurrence, 
 Choices the paper leaves open, made here: residual blocks are conv-ReLU-conv plus the identity, without
 batch normalisation (batch statistics do not suit a frame-by-frame recurrent stream); the output is
 ``B_n`` plus the decoded residual (``residual=True``), with the addition done in float32 so that a frame
-that needs no change passes through exactly even when the convolutions run in bfloat16; ``out_conv`` starts at zero, so
-a freshly built network is the identity; ``beta`` is stored as a logit (``beta = sigmoid(beta_logit)``), which keeps it inside [0, 1] while it trains. At the first
+that needs no change passes through exactly even when the convolutions run in bfloat16; ``out_conv`` starts at
+zero, so a freshly built network is the identity; ``beta`` is stored as a logit (``beta = sigmoid(beta_logit)``),
+which keeps it inside [0, 1] while it trains. At the first
 step of a stream there is no ``h~_{n-1}``: the blend uses ``h_n`` itself (so ``h~_1 = h_1``) and
 ``F_0 = 0``.
 """

@@ -69,7 +69,8 @@ class FitUNet(ModelMixin, ConfigMixin):
         for i in range(levels):
             self.down_blocks.append(ConvBlock(widths[i], widths[i], convs_per_block))
             if i < levels - 1:
-                self.downsamplers.append(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1), _act()))
+                self.downsamplers.append(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1),
+                                                       _act()))
         self.mid_block = ConvBlock(widths[-1], widths[-1], convs_per_block)
         self.upsamplers = nn.ModuleList()
         self.up_blocks = nn.ModuleList()

@@ -25,7 +25,6 @@ from torch import nn
 from ..losses import l1_per_sample, pixel_loss_per_sample
 from .vgg import CFGS, IMAGENET_MEAN, IMAGENET_STD, VGGFeatures, load_state_dict_file
 
-
 #: MatConvNet's VGG average pixel (RGB, 0..255), used when the file does not carry its own.
 MATCONVNET_AVERAGE_PIXEL = (123.68, 116.779, 103.939)
 #: layers and weights of the perceptual loss used by the authors' group (Zhang, Ng & Chen 2018)
@@ -90,7 +89,8 @@ def load_matconvnet_vgg19(path) -> dict[str, torch.Tensor]:
         wt = w.transpose(3, 2, 0, 1).copy()  # -> out, in, H, W
         b = b.reshape(-1).copy()
         if i == 0:
-            # MatConvNet input u = 255 x - avg; torchvision input v = (x - mean) / std  =>  u = 255 std v + (255 mean - avg)
+            # MatConvNet input u = 255 x - avg; torchvision input v = (x - mean) / std
+            #   =>  u = 255 std v + (255 mean - avg)
             b = b + np.einsum("oihw,i->o", wt, 255.0 * mean - avg)
             wt = wt * (255.0 * std)[None, :, None, None]
         sd[f"features.{idx}.weight"] = torch.from_numpy(wt.astype(np.float32))

@@ -124,7 +124,8 @@ class LPIPSVGG(ModelMixin, ConfigMixin):
         net = cls()
         net.vgg.load_torchvision(sd)
         for i, lin in enumerate(net.lins):
-            key = next((k for k in (f"lin{i}.model.1.weight", f"lins.{i}.model.1.weight", f"lins.{i}.weight") if k in sd), None)
+            key = next((k for k in (f"lin{i}.model.1.weight", f"lins.{i}.model.1.weight", f"lins.{i}.weight")
+                        if k in sd), None)
             if key is None:
                 raise ValueError(f"{path}: LPIPS linear head lin{i}.model.1.weight is missing")
             lin.weight.data.copy_(sd[key].reshape(lin.weight.shape))

@@ -11,7 +11,8 @@ Accelerate checkpoints, resume).
   model also `vae` (its AutoencoderKL, `training/train_vae.py`), `quality` (the held-out quality check) and
   `ship` (assembling vdiffdeblur/checkpoints/diffusion/);
 * `dtb`: the online network DTBNet (`training/train_dtb.py`; docs/dtb.md);
-* `maml`: the fit-to-test-data method's MAML initialisation (`training/meta_train.py`; docs/fit.md).
+* `maml`: the fit-to-test-data method's MAML initialisation (`training/meta_train.py`; docs/fit.md);
+* `recipes`: how each shipped model was trained, as data (`training/recipes/`, run by `scripts/reproduce.py`).
 """
 
 from .config import DiffusionTrainConfig, parse_config

@@ -40,8 +40,10 @@ def model_card(cfg: DiffusionTrainConfig, steps: int, num_processes: int, histor
     else:
         vdata = "none"
     eff_batch = cfg.train_batch_size * cfg.gradient_accumulation_steps * num_processes
-    loss = "diffusion loss" + (f" + {cfg.coherence_weight:g} x temporal coherence loss" if cfg.coherence_weight else "") \
-        + (f" + {cfg.alignment_weight:g} x encoder alignment ({cfg.alignment_loss})" if cfg.alignment_weight else "")
+    loss = ("diffusion loss"
+            + (f" + {cfg.coherence_weight:g} x temporal coherence loss" if cfg.coherence_weight else "")
+            + (f" + {cfg.alignment_weight:g} x encoder alignment ({cfg.alignment_loss})"
+               if cfg.alignment_weight else ""))
     lines = [
         "---",
         "library_name: diffusers",
@@ -69,7 +71,8 @@ def model_card(cfg: DiffusionTrainConfig, steps: int, num_processes: int, histor
         f"| condition dropout | {cfg.condition_dropout:g} (for classifier-free guidance) |",
         f"| optimizer | AdamW ({cfg.adam_beta1:g}, {cfg.adam_beta2:g}), lr {cfg.learning_rate:g} "
         f"({cfg.lr_scheduler}, {cfg.lr_warmup_steps} warm-up steps), weight decay {cfg.adam_weight_decay:g} |",
-        f"| precision | mixed precision {cfg.mixed_precision or 'no'}{', EMA ' + format(cfg.ema_decay, 'g') if cfg.use_ema else ''}"
+        f"| precision | mixed precision {cfg.mixed_precision or 'no'}"
+        f"{', EMA ' + format(cfg.ema_decay, 'g') if cfg.use_ema else ''}"
         f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''} |",
         f"| seed | {cfg.seed} |",
         "",
@@ -94,9 +97,9 @@ def model_card(cfg: DiffusionTrainConfig, steps: int, num_processes: int, histor
     else:
         lines += ["No validation was run.", ""]
     if final and final.get("images"):
-        lines += ["Side-by-side images (blurry | deblurred | sharp): "
-                  + ", ".join(f"`{Path(p).relative_to(Path(cfg.output_dir)) if Path(p).is_relative_to(Path(cfg.output_dir)) else p}`"
-                              for p in final["images"]), ""]
+        out_dir = Path(cfg.output_dir)
+        shown = [Path(p).relative_to(out_dir) if Path(p).is_relative_to(out_dir) else p for p in final["images"]]
+        lines += ["Side-by-side images (blurry | deblurred | sharp): " + ", ".join(f"`{p}`" for p in shown), ""]
     lines += [
         "## Use",
         "",

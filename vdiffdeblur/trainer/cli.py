@@ -37,7 +37,8 @@ def main(argv=None, stage: int = 1) -> int:
     def done(cfg, result):
         if result:
             print(f"stage {stage} done: validation loss {result.get('diffusion', float('nan')):.4f}, "
-                  f"PSNR {result.get('psnr', float('nan')):.2f} dB (input {result.get('input_psnr', float('nan')):.2f}), "
+                  f"PSNR {result.get('psnr', float('nan')):.2f} dB "
+                  f"(input {result.get('input_psnr', float('nan')):.2f}), "
                   f"SSIM {result.get('ssim', float('nan')):.4f}; pipeline in {cfg.output_dir}")
         else:
             print(f"stage {stage} done; pipeline in {cfg.output_dir}")

@@ -53,12 +53,14 @@ def load_teacher(cfg: DiffusionTrainConfig, blur_encoder):
     else:
         path = Path(cfg.teacher_encoder)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--teacher_encoder {path}: no config.json (a BlurImageEncoder or CLIP vision folder)")
+            raise FileNotFoundError(f"--teacher_encoder {path}: no config.json "
+                                    "(a BlurImageEncoder or CLIP vision folder)")
         import json
 
         cls_name = json.loads((path / "config.json").read_text()).get("_class_name")
         teacher = (BlurImageEncoder.from_pretrained(path) if cls_name == "BlurImageEncoder"
-                   else BlurImageEncoder.from_clip_vision(path, cross_attention_dim=blur_encoder.config.cross_attention_dim))
+                   else BlurImageEncoder.from_clip_vision(
+                       path, cross_attention_dim=blur_encoder.config.cross_attention_dim))
     return teacher.requires_grad_(False).eval()
 
 

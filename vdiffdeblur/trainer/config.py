@@ -109,7 +109,8 @@ class DiffusionTrainConfig:
         if self.alignment_loss not in ("cosine", "mse"):
             raise ValueError(f"alignment_loss must be cosine or mse, got {self.alignment_loss!r}")
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "clip_len",
-                     "num_clips", "samples_per_clip", "validation_inference_steps", "validation_frames", "validation_loss_draws"):
+                     "num_clips", "samples_per_clip", "validation_inference_steps", "validation_frames",
+                     "validation_loss_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.coherence_weight < 0 or self.alignment_weight < 0:

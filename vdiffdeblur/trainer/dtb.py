@@ -39,8 +39,7 @@ from ..data.synthetic import EVAL_PHOTOS, TRAIN_PHOTOS, ShakeConfig, synthesize_
 from ..models.dtb import DTBNet
 from .checkpoints import checkpoint_step, load_resume, remove_partial_checkpoints, save_checkpoint
 from .options import build_config, config_cli
-from .toolkit import (check_training_photos, read_history, resolve_report_to, set_threads, start_trackers,
-                      write_history)
+from .toolkit import check_training_photos, read_history, resolve_report_to, set_threads, start_trackers, write_history
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +154,8 @@ def build_train_dataset(cfg: DTBTrainConfig, num_samples: int):
         shake = ShakeConfig(width=cfg.synth_width, height=cfg.synth_height)
         per_clip = max(1, math.ceil(num_samples / cfg.num_clips))
         return SyntheticShakeDataset(sources=list(cfg.photos), num_clips=cfg.num_clips, clip_len=cfg.clip_len,
-                                     crop=cfg.crop, config=shake, frames_per_clip=max(cfg.frames_per_clip, cfg.clip_len),
+                                     crop=cfg.crop, config=shake,
+                                     frames_per_clip=max(cfg.frames_per_clip, cfg.clip_len),
                                      samples_per_clip=per_clip, seed=cfg.seed, still_fraction=cfg.still_fraction,
                                      augment=cfg.augment, source_zoom=tuple(cfg.source_zoom),
                                      fur_fraction=cfg.fur_fraction)
@@ -271,7 +271,8 @@ def train(cfg: DTBTrainConfig) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
-    total_samples = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    total_samples = (cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps
+                     * accelerator.num_processes)
     dataset = build_train_dataset(cfg, total_samples)
     loader = DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=False, collate_fn=collate,
                         num_workers=cfg.dataloader_num_workers, drop_last=True)
@@ -371,10 +372,12 @@ def _restart_adam(optimizer) -> None:
 def _write_model_card(output_dir: Path, cfg: DTBTrainConfig, steps: int, val: dict) -> None:
     figures = "".join(f"| {k} | {v:+.3f} |\n" for k, v in val.items())
     start = f" starting from `{cfg.init_from}`" if cfg.init_from else ""
+    data = ("synthetic camera shake from the built-in photos " + ", ".join(cfg.photos)
+            if cfg.train_data == "synthetic" else cfg.train_data)
     text = (f"# DTBNet ({cfg.variant})\n\nTrained with `training/train_dtb.py`{start} for {steps} steps "
             f"(batch {cfg.train_batch_size}, {cfg.clip_len}-frame clips, {cfg.crop}px crops, lr {cfg.learning_rate}, "
             f"{cfg.mixed_precision} mixed precision, seed {cfg.seed}).\n\n"
-            f"Data: {'synthetic camera shake from the built-in photos ' + ', '.join(cfg.photos) if cfg.train_data == 'synthetic' else cfg.train_data}.\n"
+            f"Data: {data}.\n"
             f"Photos kept for evaluation (never trained on): {', '.join(EVAL_PHOTOS)}.\n\n"
             f"Validation (held-out seeds of training photos, dB):\n\n| figure | value |\n|---|---|\n{figures}\n"
             f"Full options: `training_config.json`; curve: `training_log.json`.\n")

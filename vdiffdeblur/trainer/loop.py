@@ -28,10 +28,24 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .card import model_card
-from .checkpoints import (EMAState, checkpoint_step, load_resume, register_hooks, remove_partial_checkpoints,
-                          save_checkpoint)
-from .components import (DeblurTrainModel, base_latent_channels, cast_frozen, configure_trainable,
-                         enable_gradient_checkpointing, load_base_pipeline, load_teacher, training_scheduler)
+from .checkpoints import (
+    EMAState,
+    checkpoint_step,
+    load_resume,
+    register_hooks,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
+from .components import (
+    DeblurTrainModel,
+    base_latent_channels,
+    cast_frozen,
+    configure_trainable,
+    enable_gradient_checkpointing,
+    load_base_pipeline,
+    load_teacher,
+    training_scheduler,
+)
 from .config import DiffusionTrainConfig
 from .data import build_train_dataset, collate, validation_clips
 from .objective import LossWeights, compute_losses, step_seed, to_diffusers_layout

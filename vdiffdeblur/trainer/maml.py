@@ -19,7 +19,6 @@ alone, the rest with log-uniform lengths up to ``max_length``.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import cv2
@@ -27,11 +26,11 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from ..blur import LengthSampler, blur_crops, cut_patches, random_kernels
 from ..data.dead_leaves import check_fur_fraction, dead_leaves
 from ..data.synthetic import TRAIN_PHOTOS, load_photo
 from ..losses import patch_sharpness, reweight
 from ..sharpness import laplacian_variance
-from ..blur import blur_crops, cut_patches, random_kernels
 from .toolkit import check_training_photos, set_threads
 
 logger = logging.getLogger(__name__)
@@ -102,20 +101,16 @@ class PhotoTasks:
         for s in self.config.scales:
             if min(h, w) * s < need:
                 continue
-            im = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+            im = cv2.resize(img, (round(w * s), round(h * s)),
+                            interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
             t = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
             self.images.append(t)
             self.norms.append(float(laplacian_variance(t[None])[0]) or 1.0)
 
     def _lengths(self, n: int, rng: np.random.Generator) -> list[float]:
         cfg = self.config
-        out = []
-        for _ in range(n):
-            if rng.random() < cfg.zero_fraction:
-                out.append(float(rng.uniform(0, 1)))
-            else:
-                out.append(float(math.exp(rng.uniform(0.0, math.log(cfg.max_length)))))
-        return out
+        s = LengthSampler(cfg.max_length, zero_fraction=cfg.zero_fraction, log_uniform=True)
+        return [s(rng) for _ in range(n)]
 
     def sample(self, rng: np.random.Generator, generator: torch.Generator | None = None,
                photos_only: bool = False) -> Task:
@@ -251,8 +246,14 @@ def meta_train(cfg: MetaTrainConfig, photos=TRAIN_PHOTOS, callback=None):
 
     from ..models.fit_unet import FitUNet
     from ..models.perceptual import PerceptualLoss
-    from .checkpoints import (CorruptCheckpointError, checkpoint_step, list_checkpoints, load_resume,
-                                       remove_partial_checkpoints, save_checkpoint)
+    from .checkpoints import (
+        CorruptCheckpointError,
+        checkpoint_step,
+        list_checkpoints,
+        load_resume,
+        remove_partial_checkpoints,
+        save_checkpoint,
+    )
 
     out_dir = Path(cfg.output_dir)
     set_threads(cfg.num_threads)

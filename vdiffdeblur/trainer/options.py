@@ -13,6 +13,9 @@ its kind read from the field's annotation:
 
 YAML values are taken as YAML reads them; a string given to a number or boolean field is read as on the command
 line. A YAML file may hold per-script sections (``stage1:`` / ``stage2:``), the script's own one applied on top.
+A YAML file may name a base config, ``base: other.yaml`` (relative to its own folder; the base may name one in
+turn, a cycle is an error): the options the base gives the script come first, then the file's own (top level,
+then section) on top, key by key (``meta: {inner_lr: ...}`` changes that one option).
 Unknown keys, in the YAML or on the command line, are a `ConfigError` naming them (with the closest known
 name), so a typo never falls back to a default; every error is one line.
 """
@@ -28,7 +31,10 @@ from pathlib import Path
 
 from ..argtypes import optional, parse_bool
 
-__all__ = ["ConfigCLI", "ConfigError", "build_config", "config_cli"]
+__all__ = ["BASE_KEY", "ConfigCLI", "ConfigError", "build_config", "config_cli"]
+
+#: the YAML key naming a config's base (never an option)
+BASE_KEY = "base"
 
 
 class ConfigError(ValueError):
@@ -177,6 +183,8 @@ class ConfigCLI:
         self.section, self.sections = section, tuple(sections) or ((section,) if section else ())
         self.fixed = dict(fixed or {})  # options the script sets itself: no flag, and a YAML must agree
         self.specs, self.nested = _describe(cls)
+        if BASE_KEY in self.specs:
+            raise TypeError(f"{cls.__name__}.{BASE_KEY}: the name is kept for a YAML config's base")
         self.parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
                               allow_abbrev=False, argument_default=argparse.SUPPRESS)
         where = f" (top level + a {'/'.join(s + ':' for s in self.sections)} section)" if self.sections else ""
@@ -189,19 +197,33 @@ class ConfigCLI:
             extra = dict(nargs="?", const=True) if o.base is bool else dict(nargs=o.nargs) if o.nargs else {}
             self.parser.add_argument(f"--{o.name}", type=o.kind, help=f"(default {shown})", **extra)
 
-    def read_yaml(self, path) -> dict:
-        """The options a YAML file gives this script: its top level, then this script's section on top."""
+    def read_yaml(self, path, _chain: tuple = ()) -> dict:
+        """The options a YAML file gives this script: its base's (``base: FILE.yaml``) if it names one, then its
+        top level, then this script's section on top."""
         import yaml
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
+        seen = [p.resolve() for p in _chain]
+        if path.resolve() in seen:
+            loop = " -> ".join(str(p) for p in (*_chain[seen.index(path.resolve()):], path))
+            raise ConfigError(f"{path}: its base configs form a cycle ({loop})")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+        inherited = {}
+        if BASE_KEY in data:
+            base = data.pop(BASE_KEY)
+            if not isinstance(base, str) or not base.strip():
+                raise ConfigError(f"{path}: {BASE_KEY} must name a YAML file, got {base!r}")
+            base_path = path.parent / base  # relative to the file, so a config works from any directory
+            if not base_path.is_file():
+                raise FileNotFoundError(f"{path}: base config {base} not found ({base_path})")
+            inherited = self.read_yaml(base_path, (*_chain, path))
         options = {k: v for k, v in data.items() if k not in self.sections}
         section = data.get(self.section) if self.section else None
         if section is not None and not isinstance(section, dict):
@@ -216,7 +238,7 @@ class ConfigCLI:
                 raise ConfigError(f"{path} says {key} {options[key]} but this is the {key}-{value} script")
             options.pop(key, None)
         try:
-            return {k: self.specs[k].coerce(v) for k, v in options.items()}
+            return {**inherited, **{k: self.specs[k].coerce(v) for k, v in options.items()}}
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise ConfigError(f"{path}: {e}") from None
 

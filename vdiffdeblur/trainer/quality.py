@@ -91,14 +91,15 @@ def summarize(rows: list[dict]) -> dict:
 
 def quality_table(report: dict) -> str:
     """Markdown table of `evaluate_pipeline`'s report."""
-    lines = ["| clip | input hard-third PSNR | hard-third gain | all-frames gain | frames worse > 0.5 dB | worst loss | "
-             "s/frame | with guard: hard / all / worse |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| clip | input hard-third PSNR | hard-third gain | all-frames gain | frames worse > 0.5 dB | "
+             "worst loss | s/frame | with guard: hard / all / worse |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["clips"]:
         g = r.get("guarded")
         gtxt = f"{g['hard_gain']:+.2f} / {g['all_gain']:+.2f} / {g['frames_worse_0.5dB']}" if g else "-"
-        lines.append(f"| {r['clip']} ({r['frames']} x {r['size']}) | {r['input_hard_psnr']:.2f} | {r['hard_gain']:+.2f} | "
-                     f"{r['all_gain']:+.2f} | {r['frames_worse_0.5dB']} | {r['worst_loss']:.2f} | {r['s_per_frame']:.2f} "
-                     f"| {gtxt} |")
+        lines.append(f"| {r['clip']} ({r['frames']} x {r['size']}) | {r['input_hard_psnr']:.2f} | "
+                     f"{r['hard_gain']:+.2f} | {r['all_gain']:+.2f} | {r['frames_worse_0.5dB']} | "
+                     f"{r['worst_loss']:.2f} | {r['s_per_frame']:.2f} | {gtxt} |")
     m, mg = report["mean"], report.get("mean_guarded")
     gtxt = f"{mg['hard_gain']:+.2f} / {mg['all_gain']:+.2f} / {mg['frames_worse_0.5dB']}" if mg else "-"
     lines.append(f"| **mean** | | **{m['hard_gain']:+.2f}** | {m['all_gain']:+.2f} | {m['frames_worse_0.5dB']} | "

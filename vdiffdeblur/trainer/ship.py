@@ -86,8 +86,10 @@ pipeline converted from a real text-to-video base (docs/diffusion.md).
   (`training/train_vae.py`).
 - UNet: `UNet3DConditionModel`, conv_in = noisy latents ++ blurry-clip latents; blur encoder: 2-layer CLIP
   vision tower + projector to 4 tokens. v-prediction, zero terminal SNR, trailing DDIM timesteps.
-- Saved in `model_index.json`: residual_latents={index.get('residual_latents')}, residual_scale={index.get('residual_scale', 1.0):g}
-  (the UNet denoises residual_scale x (z_sharp - z_blurry)), residual_decode={index.get('residual_decode')} (output = blurry input + decode(z_0) -
+- Saved in `model_index.json`: residual_latents={index.get('residual_latents')}, \
+residual_scale={index.get('residual_scale', 1.0):g}
+  (the UNet denoises residual_scale x (z_sharp - z_blurry)), residual_decode={index.get('residual_decode')} \
+(output = blurry input + decode(z_0) -
   decode(z_blurry): the VAE's reconstruction error cancels where the model changes nothing),
   {index.get('default_num_inference_steps')} DDIM steps, guidance {index.get('default_guidance_scale')}.
 
@@ -101,7 +103,7 @@ pipeline converted from a real text-to-video base (docs/diffusion.md).
 ## Quality on held-out clips
 
 Synthetic camera shake from the EVAL photos, scored against the sharp truth; the blurriest third by true blur
-extent. Bar (issue 7): hard-third gain >= {MIN_HARD_GAIN_DB:g} dB and no frame worse by > {MAX_FRAME_LOSS_DB:g} dB.
+extent. Bar: hard-third gain >= {MIN_HARD_GAIN_DB:g} dB and no frame worse by > {MAX_FRAME_LOSS_DB:g} dB.
 Raw pipeline: the bar {held}. Through `vdiffdeblur deblur --method diffusion` (do-no-harm guard on): it {held_g}.
 
 {table}
@@ -112,7 +114,8 @@ Raw pipeline: the bar {held}. Through `vdiffdeblur deblur --method diffusion` (d
 {chr(10).join(commands)}
 ```
 
-Wall times on the shared 2-core development machine, one torch thread: {', '.join(f'{k} {v}' for k, v in timings.items())}.
+Wall times on the shared 2-core development machine, one torch thread: \
+{', '.join(f'{k} {v}' for k, v in timings.items())}.
 """
     (dest / "README.md").write_text(text)
     (dest / "quality.json").write_text(json.dumps(report, indent=1))

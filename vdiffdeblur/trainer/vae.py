@@ -92,7 +92,8 @@ def load_photos(names) -> list[np.ndarray]:
     return [load_photo(n).astype(np.float32) / 255.0 for n in names]
 
 
-def random_crops(photos: list[np.ndarray], batch: int, crop: int, scale_range, rng: np.random.Generator) -> torch.Tensor:
+def random_crops(photos: list[np.ndarray], batch: int, crop: int, scale_range,
+                 rng: np.random.Generator) -> torch.Tensor:
     """`batch` crops (B, 3, crop, crop) in [0, 1]: a random photo, rescaled by a random factor (area
     interpolation), a random crop, a random horizontal flip."""
     out = np.empty((batch, crop, crop, 3), np.float32)

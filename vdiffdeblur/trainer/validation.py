@@ -1,8 +1,9 @@
 """Validation during training: the current weights run as a `DeblurVideoPipeline` on held-out clips.
 
 Logged per validation: PSNR/SSIM of the pipeline's output (and of the blurry input, for reference) against the
-sharp clips, the VAE's ceiling (PSNR of the sharp clips after a VAE round trip), the validation loss (the training objective on the held-out clips, at fixed timesteps and noise, so
-that successive values compare), and a side-by-side PNG per clip: blurry | deblurred | sharp, three frames.
+sharp clips, the VAE's ceiling (PSNR of the sharp clips after a VAE round trip), the validation loss (the
+training objective on the held-out clips, at fixed timesteps and noise, so that successive values compare), and
+a side-by-side PNG per clip: blurry | deblurred | sharp, three frames.
 """
 
 from __future__ import annotations
