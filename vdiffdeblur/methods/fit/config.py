@@ -40,7 +40,7 @@ class FitConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
     ema_decay: float | None = 0.95  # the fit ends on a moving average of its iterates (warmed_up_ema); None: the last
     adaptation_steps: int | None = None  # MAML inner-update steps first (None: as meta-trained; MAML inits only)
-    mixed_precision: str = "auto"  # "bf16", "no", or "auto" (bf16 on CPU)
+    mixed_precision: str = "auto"  # "bf16", "no", or "auto" (vdiffdeblur.devices.resolve_precision)
     num_threads: int | str | None = "auto"  # a number, None (torch's setting) or "auto" (the idle cores: cpu_threads)
     seed: int = 0
 

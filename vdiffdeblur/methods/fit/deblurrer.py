@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ...blur import LengthSampler
-from ...devices import resolve_device
+from ...devices import resolve_device, resolve_precision
 from ...frames import NonFiniteOutputError, as_frames_tensor, check_finite, to_uint8_frames
 from ...losses import critic_loss, generator_adversarial_loss, patch_sharpness, reweight
 from ...sharpness import laplacian_variance
@@ -80,8 +80,8 @@ class FitToTestDeblurrer:
     # ------------------------------------------------------------------ helpers
     @property
     def _bf16(self) -> bool:
-        mp = self.config.mixed_precision
-        return mp == "bf16" or (mp == "auto" and self.device.type == "cpu")
+        name = {"bf16": "bfloat16", "no": "float32"}.get(self.config.mixed_precision, "auto")
+        return resolve_precision(name, self.device, "fit") == "bfloat16"
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
