@@ -76,19 +76,16 @@ def error_message(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------- synth
 def cmd_synth(args) -> int:
     from .data.synthetic import ShakeConfig, synthesize_shake
-    from .outputs import check_output, remove_leftovers
-    from .video import VideoWriter, atomic_replace, remove_path, temp_sibling
+    from .outputs import check_output, writing_atomically
+    from .video import VideoWriter
 
     out = Path(args.output)
     check_output(out, overwrite=args.overwrite, kind="synth")
     w, h = args.size
     cfg = ShakeConfig(num_frames=args.frames, width=w, height=h, fps=args.fps)
     clip = synthesize_shake(args.photo, cfg, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
-    tmp = temp_sibling(out)
-    tmp.mkdir()
-    try:
+    with writing_atomically(out) as tmp:
+        tmp.mkdir()
         for name, frames in (("blur", clip.blurry), ("sharp", clip.sharp)):
             with VideoWriter(tmp / name, fps=clip.fps) as wr:
                 wr.write(frames)
@@ -98,10 +95,6 @@ def cmd_synth(args) -> int:
         meta["source"] = str(args.photo)
         meta["seed"] = args.seed
         (tmp / "meta.json").write_text(json.dumps(meta))
-        atomic_replace(tmp, out)
-    except BaseException:
-        remove_path(tmp)
-        raise
     print(f"wrote {out}/blur/, {out}/sharp/, {out}/blur.mkv ({len(clip.blurry)} frames {w}x{h}); "
           f"blur extent {clip.blur_extent.min():.1f}-{clip.blur_extent.max():.1f} px")
     return 0

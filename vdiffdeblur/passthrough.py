@@ -68,9 +68,6 @@ class StreamCopier:
         self._packets = self.inp.demux(*wanted) if wanted else iter(())
         self._pending = None
 
-    def __len__(self) -> int:
-        return len(self.routes)
-
     @staticmethod
     def _time(packet) -> float:
         ts = packet.dts if packet.dts is not None else packet.pts

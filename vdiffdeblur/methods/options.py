@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             seen.setdefault(f.name, []).append((cls, f))
     added = set()
     for cls in _ALL:
-        name = "common" if cls is RunOptions else next(m for m, c in METHOD_OPTIONS.items() if c is cls)
+        name = "common" if cls is RunOptions else _method_of(cls)
         group = parser.add_argument_group(f"{name} options", cls.__doc__)
         for f in fields(cls):
             if f.name in added:
