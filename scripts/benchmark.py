@@ -69,7 +69,8 @@ def worker(name: str, clip_dirs: list[str]) -> dict:
                     frames = np.stack([richardson_lucy(f, k) for f, k in zip(frames, kernels)])
                 write_video(out, frames, fps=meta["fps"], lossless=True)
             else:
-                argv = (["deblur", str(src), "-o", str(out), "--method", what, "--lossless"]
+                # one thread, so that float sums (and so every figure) are the same on any machine load
+                argv = (["deblur", str(src), "-o", str(out), "--method", what, "--lossless", "--threads", "1"]
                         + ([] if guard else ["--no-guard"]))
                 options = deblur_options(build_parser().parse_args(argv + ["--quiet"]))
                 deblur_file(src, out, method=what, options=options, overwrite=True)
