@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 
+from vdiffdeblur.colour_fix import check_color_fix
 from vdiffdeblur.models.blur_encoder import BlurImageEncoder
 from vdiffdeblur.models.conditioning import BlurCondition, build_unet_input, decode_video_latents, encode_condition
 from vdiffdeblur.pipelines.stream import DeblurVideoStream
@@ -48,6 +50,9 @@ EXAMPLE_DOC_STRING = """
         >>> write_video("sharp.mp4", (frames * 255).round().astype("uint8"), fps=clip.info.fps)
         ```
 """
+
+#: set to 1 to let `from_pretrained` load pickled `.bin` weights when `allow_pickle` is not passed
+ALLOW_PICKLE_ENV = "VDIFFDEBLUR_ALLOW_PICKLE"
 
 #: the components a pipeline folder must hold
 COMPONENT_NAMES = ("vae", "unet", "blur_encoder", "scheduler")
@@ -172,9 +177,10 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 raise ModelFolderError(f"scheduler prediction_type {pt!r} is not epsilon, v_prediction or sample")
 
     @classmethod
-    def check_model_folder(cls, folder, passed: tuple[str, ...] = ()) -> None:
+    def check_model_folder(cls, folder, passed: tuple[str, ...] = (), allow_pickle: bool = False) -> tuple[str, ...]:
         """Check a saved pipeline folder before loading: `model_index.json`, one sub-folder with a config per
-        component, safetensors weights. Raises `ModelFolderError` / `FileNotFoundError` naming what is wrong."""
+        component, safetensors weights (or, with `allow_pickle`, pickled `.bin` weights). Raises `ModelFolderError` /
+        `FileNotFoundError` naming what is wrong; returns the components whose weights are only pickled."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such model folder")
@@ -185,6 +191,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
             index = json.loads(index_file.read_text())
         except json.JSONDecodeError as e:
             raise ModelFolderError(f"{index_file}: not valid JSON ({e})") from None
+        pickled = []
         for name in COMPONENT_NAMES:
             if name in passed:
                 continue
@@ -199,20 +206,35 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 raise ModelFolderError(f"{folder}: component {name!r} has no {cfg.name}")
             if name in _WEIGHTED:
                 files = [p.name for p in sub.iterdir() if p.is_file()]
-                if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
-                    other = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-                    why = f"only {', '.join(other)}, which is not loaded (safetensors only)" if other else "no weights"
-                    raise ModelFolderError(f"{folder}: component {name!r} has {why}")
+                if any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+                    continue
+                if allow_pickle and any(f.endswith(".bin") or f.endswith(".bin.index.json") for f in files):
+                    pickled.append(name)
+                    continue
+                other = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+                why = (f"only {', '.join(other)}, which is not loaded (safetensors only; pickled .bin weights can run "
+                       f"code when loaded: pass allow_pickle=True or set {ALLOW_PICKLE_ENV}=1 only for a folder "
+                       "you trust)") if other else "no weights"
+                raise ModelFolderError(f"{folder}: component {name!r} has {why}")
+        return tuple(pickled)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        r"""Load a pipeline saved with `save_pretrained` from a local folder (nothing is downloaded; weights are
-        read from safetensors only). Raises a `ModelFolderError` naming the component when the folder is
-        incomplete or its components do not fit together. Other keyword arguments are those of
-        [`DiffusionPipeline.from_pretrained`] (`torch_dtype`, a component to replace, ...)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, allow_pickle: bool | None = None, **kwargs):
+        r"""Load a pipeline saved with `save_pretrained` from a local folder (nothing is downloaded). Weights are
+        read from safetensors only unless `allow_pickle=True` (or the environment variable
+        `VDIFFDEBLUR_ALLOW_PICKLE=1` when `allow_pickle` is not given): then pickled `.bin` weights load too, with a
+        warning, since unpickling a file can run code. Raises a `ModelFolderError` naming the component when the
+        folder is incomplete or its components do not fit together. Other keyword arguments are those of
+        [`DiffusionPipeline.from_pretrained`] (`torch_dtype`, a component to replace, `variant`, ...)."""
+        if allow_pickle is None:
+            allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") not in ("", "0")
         passed = tuple(k for k in COMPONENT_NAMES if k in kwargs)
-        cls.check_model_folder(pretrained_model_name_or_path, passed)
-        kwargs.setdefault("use_safetensors", True)
+        pickled = cls.check_model_folder(pretrained_model_name_or_path, passed, allow_pickle=allow_pickle)
+        if pickled:
+            logger.warning("%s: loading pickled .bin weights of %s (allow_pickle): unpickling can run code, load only "
+                           "folders you trust", pretrained_model_name_or_path, ", ".join(pickled))
+        # safetensors are still preferred where both exist
+        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -357,21 +379,17 @@ class DeblurVideoPipeline(DiffusionPipeline):
         For DDIM, whose step is linear in the model output, this is MultiDiffusion's per-step average of the two
         windows' updates, done one window after the other so that only one window is in memory.
         `record_last` > 0 also returns this window's guided outputs over its last `record_last` frames.
+        `guidance_scale` is the scale at the first step; `self.guidance_scale` is read at every step, so a callback
+        may change it, and may return `blur_latents` / `encoder_hidden_states` for the remaining steps.
         Returns `(latents, predictions)`.
         """
         extra_step_kwargs = extra_step_kwargs or {}
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        cfg = guidance_scale > 1
+        # every window starts from the call's scale; a callback may change `self._guidance_scale` between steps
+        self._guidance_scale = guidance_scale
         dtype = latents.dtype
-        tokens = encoder_hidden_states.to(dtype)
-        if cfg:
-            # the unconditional branch: zero tokens, the blurry clip's latents kept
-            tokens = torch.cat([torch.zeros_like(tokens), tokens])
-            blur_in = torch.cat([blur_latents, blur_latents])
-        else:
-            blur_in = blur_latents
         blend = None
         if prev_predictions:
             k = prev_predictions[0].shape[2]
@@ -381,13 +399,21 @@ class DeblurVideoPipeline(DiffusionPipeline):
         for i, t in enumerate(timesteps):
             if self.interrupt:
                 continue
+            cfg = self.do_classifier_free_guidance
+            tokens = encoder_hidden_states.to(dtype)
+            if cfg:
+                # the unconditional branch: zero tokens, the blurry clip's latents kept
+                tokens = torch.cat([torch.zeros_like(tokens), tokens])
+                blur_in = torch.cat([blur_latents, blur_latents])
+            else:
+                blur_in = blur_latents
             model_input = torch.cat([latents] * 2) if cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             model_input = build_unet_input(model_input, blur_in)
             pred = self._predict(model_input, t, tokens, tile, tile_overlap)
             if cfg:
                 pred_uncond, pred_cond = pred.chunk(2)
-                pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+                pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
             if blend is not None:
                 k = blend.shape[2]
                 prev = prev_predictions[i].to(device=pred.device, dtype=pred.dtype)
@@ -408,8 +434,10 @@ class DeblurVideoPipeline(DiffusionPipeline):
                          "encoder_hidden_states": encoder_hidden_states}
                 for name in callback_on_step_end_tensor_inputs:
                     callback_kwargs[name] = local[name]
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.pop("latents", latents)
+                blur_latents = callback_outputs.pop("blur_latents", blur_latents)
+                encoder_hidden_states = callback_outputs.pop("encoder_hidden_states", encoder_hidden_states)
 
             if progress_bar is not None:
                 progress_bar.update()
@@ -440,6 +468,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         decode_chunk_size: int | None = 8,
         residual_decode: bool | None = None,
+        num_videos_per_prompt: int = 1,
+        color_fix: str | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
         callback_on_step_end: (
@@ -463,7 +493,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Makes the run repeatable; one generator per video makes each video's result independent of the batch.
             latents (`torch.Tensor`, *optional*):
-                Initial noise `(batch_size, C, num_frames, H_pad / s, W_pad / s)` instead of drawing it.
+                Initial noise `(batch_size * num_videos_per_prompt, C, num_frames, H_pad / s, W_pad / s)` instead of
+                drawing it.
             window_size (`int`, *optional*, defaults to `default_window_size` = 16):
                 Frames the UNet sees at once. Longer videos are cut into windows overlapping by `window_overlap`;
                 at every step the overlapping frames' model outputs are blended with the previous window's (weights
@@ -478,13 +509,24 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 Output = blurry input + decode(final latents) - decode(blurry latents) instead of decode(final
                 latents): the VAE's reconstruction error cancels where the content is unchanged. Not for
                 `output_type="latent"`.
+            num_videos_per_prompt (`int`, defaults to 1): results per input video, each from its own noise; the
+                output holds `batch_size * num_videos_per_prompt` videos, the results of each input together. A list
+                of generators then needs one generator per result.
+            color_fix (`str`, *optional*): `"wavelet"` or `"adain"` takes the output's low frequencies
+                (wavelet) or per-channel mean and spread (AdaIN) from the blurry input, frame by frame, so the
+                generative pass cannot shift colours (`vdiffdeblur.colour_fix`); `None` (default) leaves the output
+                as the model made it. Not for `output_type="latent"`.
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, `"pil"` or `"latent"`.
             return_dict (`bool`, defaults to `True`): return a [`DeblurVideoPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback`, `MultiPipelineCallbacks`, *optional*):
                 Called at the end of every denoising step of every window as
                 `callback_on_step_end(self, step, timestep, callback_kwargs)`; `callback_kwargs` holds the tensors
                 named in `callback_on_step_end_tensor_inputs` for the current window (`pipe.current_window` gives
-                its frames). Returning `{"latents": ...}` replaces the window's latents.
+                its frames). Returned tensors replace the window's: `latents`, and `blur_latents` /
+                `encoder_hidden_states` (the conditional branch's, without the CFG copy), which condition the
+                window's remaining steps. `pipe.guidance_scale` is read at every step, so a callback that sets
+                `pipe._guidance_scale` (e.g. to 0 from some step on: a CFG cutoff) changes the rest of that window;
+                every window starts from `guidance_scale`.
             callback_on_step_end_tensor_inputs (`list`, defaults to `["latents"]`):
                 Any of `._callback_tensor_inputs`.
 
@@ -504,7 +546,15 @@ class DeblurVideoPipeline(DiffusionPipeline):
         self._guidance_scale = guidance_scale
         self._interrupt = False
 
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be a positive integer, got {num_videos_per_prompt!r}")
+        color_fix = check_color_fix(color_fix)
+        if color_fix is not None and output_type == "latent":
+            raise ValueError("color_fix works on frames, not on output_type='latent'")
+
         frames = self.preprocess_video(video)
+        if num_videos_per_prompt > 1:
+            frames = frames.repeat_interleave(num_videos_per_prompt, dim=0)
         batch_size, _, num_frames, height, width = frames.shape
         if window == 0:
             window, window_overlap = num_frames, 0
@@ -516,7 +566,8 @@ class DeblurVideoPipeline(DiffusionPipeline):
             if tuple(latents.shape) != expected:
                 raise ValueError(f"latents must have shape {expected} for this video, got {tuple(latents.shape)}")
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size} videos")
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch_size} results (videos times "
+                             "num_videos_per_prompt)")
 
         total = num_windows(num_frames, window, window_overlap) * num_inference_steps
         with self.progress_bar(total=total) as progress_bar:
@@ -525,7 +576,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale, eta=eta, generator=generator, latents=latents,
                 window_size=window, window_overlap=window_overlap, tile_size=tile_size, tile_overlap=tile_overlap,
                 decode_chunk_size=decode_chunk_size, output_latents=output_type == "latent",
-                residual_decode=residual_decode, callback_on_step_end=callback_on_step_end,
+                residual_decode=residual_decode, color_fix=color_fix, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, progress_bar=progress_bar,
             )
             pieces = stream.push(frames)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from vdiffdeblur.colour_fix import apply_color_fix, check_color_fix
 from vdiffdeblur.frames import crop_to, pad_to_multiple
 from vdiffdeblur.models.conditioning import decode_video_latents, encode_video_latents
 
@@ -34,7 +35,7 @@ class DeblurVideoStream:
                  generator=None, residual_decode: bool | None = None,
                  latents: torch.Tensor | None = None, window_size: int | None = None, window_overlap: int = 4,
                  tile_size: int | None = None, tile_overlap: int | None = None, decode_chunk_size: int | None = 8,
-                 output_latents: bool = False, callback_on_step_end=None,
+                 output_latents: bool = False, color_fix: str | None = None, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), progress_bar=None):
         num_inference_steps, guidance_scale = pipe.resolve_sampling(num_inference_steps, guidance_scale)
         window = pipe.default_window_size if window_size is None else window_size
@@ -45,6 +46,9 @@ class DeblurVideoStream:
         # the UNet's latents are residual_scale * (z_sharp - z_blurry) for folders trained that way
         self.residual_scale = (float(pipe.config.get("residual_scale", 1.0))
                                if pipe.config.get("residual_latents", False) else None)
+        self.color_fix = check_color_fix(color_fix)
+        if self.color_fix is not None and output_latents:
+            raise ValueError("color_fix works on frames, not on latent output")
         if window == 0:
             raise ValueError("a stream needs window_size >= 1")
         if height < 1 or width < 1:
@@ -179,9 +183,13 @@ class DeblurVideoStream:
         vae = self.pipe.vae
         video = decode_video_latents(vae, latents.to(vae.dtype), chunk_size=self.decode_chunk_size)
         video = crop_to(video, (self.height, self.width))
-        if not self.residual_decode:
+        if not self.residual_decode and self.color_fix is None:
             return video
-        blur_rec = crop_to(decode_video_latents(vae, blur_latents.to(vae.dtype), chunk_size=self.decode_chunk_size),
-                           (self.height, self.width))
         inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
-        return (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)
+        if self.residual_decode:
+            blur_rec = crop_to(decode_video_latents(vae, blur_latents.to(vae.dtype),
+                                                    chunk_size=self.decode_chunk_size), (self.height, self.width))
+            video = (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)
+        if self.color_fix is not None:
+            video = apply_color_fix(video, inputs, self.color_fix).clamp(0, 1)
+        return video

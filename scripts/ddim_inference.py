@@ -2,7 +2,7 @@
 window by window from the reader into the writer.
 
     python scripts/ddim_inference.py --model MODEL_DIR --input blurry.mp4 --output sharp.mp4 \
-        [--steps 50 --guidance 3 --seed 0 --window 16 --overlap 4 --device auto --dtype auto]
+        [--steps 50 --guidance 3 --seed 0 --window 16 --overlap 4 --color-fix none --device auto --dtype auto]
 
 A user error (missing file, unreadable video, bad model folder, bad option) prints one line `error: ...` and
 exits with status 2, leaving nothing under --output. An existing --output is refused unless --overwrite.
@@ -18,6 +18,7 @@ import time
 
 def build_parser() -> argparse.ArgumentParser:
     from vdiffdeblur.argtypes import device_name, float_from, int_in
+    from vdiffdeblur.methods.options import COLOR_FIX_CHOICES
 
     p = argparse.ArgumentParser(description="Deblur a video with a DeblurVideoPipeline (DDIM sampling).")
     p.add_argument("--model", required=True, help="DeblurVideoPipeline folder (save_pretrained layout)")
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int_in(1), default=None,
                    help="denoise frames in spatial tiles of this many pixels")
     p.add_argument("--decode-chunk-size", type=int_in(1), default=8, help="frames per VAE call")
+    p.add_argument("--color-fix", choices=COLOR_FIX_CHOICES, default="none",
+                   help="take the output's colours from the input: wavelet (low frequencies) or adain (per-channel "
+                        "mean and spread), frame by frame (default: none)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (small GPUs)")
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
         info = deblur_video_file(
             pipe, args.input, args.output, num_inference_steps=args.steps, guidance_scale=args.guidance,
             seed=args.seed, window_size=args.window, window_overlap=args.overlap, tile_size=args.tile_size,
-            decode_chunk_size=args.decode_chunk_size, eta=args.eta, lossless=args.lossless, crf=args.crf,
+            decode_chunk_size=args.decode_chunk_size, eta=args.eta, color_fix=args.color_fix,
+            lossless=args.lossless, crf=args.crf,
             quiet=args.quiet, overwrite=args.overwrite,
         )
     except (VideoError, ValueError, FileNotFoundError, OSError) as e:

@@ -35,11 +35,11 @@ def blurry(tmp_path_factory):
     return path, frames
 
 
-def expected(model_dir, frames, seed=3):
+def expected(model_dir, frames, seed=3, color_fix=None):
     pipe = DeblurVideoPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(frames, num_inference_steps=2, window_size=4, window_overlap=1, output_type="pt",
-               generator=torch.Generator().manual_seed(seed)).frames[0]
+               generator=torch.Generator().manual_seed(seed), color_fix=color_fix).frames[0]
     return to_uint8_frames(out)
 
 
@@ -67,6 +67,25 @@ def test_ddim_script_deblurs_a_file_end_to_end(model_dir, blurry, tmp_path, caps
     got = read_video(out).frames
     assert got.shape == (10, 20, 24, 3)
     assert np.array_equal(got, expected(model_dir, frames))
+
+
+def test_color_fix_option_in_cli_and_ddim_script(model_dir, blurry, tmp_path, capsys):
+    src, frames = blurry
+    run = ["--steps", "2", "--window", "4", "--overlap", "1", "--seed", "3"]
+    rc = cli_main(["deblur", str(src), "-o", str(tmp_path / "a"), "--method", "diffusion", "--model",
+                   str(model_dir), "--no-guard", "--color-fix", "adain", *run])
+    assert rc == 0, capsys.readouterr().err
+    adain = expected(model_dir, frames, color_fix="adain")
+    assert np.array_equal(read_video(tmp_path / "a").frames, adain)
+    assert not np.array_equal(adain, expected(model_dir, frames))
+    rc = load_script("ddim_inference").main(["--model", str(model_dir), "--input", str(src), "--output",
+                                             str(tmp_path / "w"), "--color-fix", "wavelet", "--quiet", *run])
+    assert rc == 0, capsys.readouterr().err
+    assert np.array_equal(read_video(tmp_path / "w").frames, expected(model_dir, frames, color_fix="wavelet"))
+    with pytest.raises(SystemExit) as e:
+        load_script("ddim_inference").main(["--model", str(model_dir), "--input", str(src), "--output",
+                                            str(tmp_path / "x"), "--color-fix", "hist"])
+    assert e.value.code == 2 and "invalid choice: 'hist'" in capsys.readouterr().err
 
 
 def test_cli_guard_default(model_dir, blurry, tmp_path):

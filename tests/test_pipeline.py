@@ -4,6 +4,7 @@ diffusers pipeline surface."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from helpers import REPO
 
 from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput, ModelFolderError
+from vdiffdeblur.pipelines.pipeline_deblur_video import ALLOW_PICKLE_ENV
 from vdiffdeblur.pipelines.tiny import (
     TINY_T2V_UNET_CONFIG,
     TINY_V_SCHEDULER_CONFIG,
@@ -455,3 +457,148 @@ def test_v_prediction_pipeline_round_trip(tmp_path):
     loaded = DeblurVideoPipeline.from_pretrained(tmp_path / "v")
     assert loaded.scheduler.config.prediction_type == "v_prediction"
     assert loaded.scheduler.config.rescale_betas_zero_snr is TINY_V_SCHEDULER_CONFIG["rescale_betas_zero_snr"]
+
+
+# ----------------------------------------------------------------------------------------- diffusers conventions
+# (scripts/run_diffusers_mixin.py runs diffusers' own PipelineTesterMixin)
+def unet_batches(pipe):
+    """Records the batch size of every UNet call (2: with the unconditional branch)."""
+    batches = []
+    handle = pipe.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    return batches, handle
+
+
+# ----------------------------------------------------------------------------------------- num_videos_per_prompt
+def test_num_videos_per_prompt_shapes_and_independence(pipe):
+    a, b = clip(4, 16, 24, seed=1), clip(4, 16, 24, seed=2)
+    kw = dict(num_inference_steps=2, guidance_scale=2.0)
+    out = pipe(np.stack([a, b]), num_videos_per_prompt=2, generator=[gen(1), gen(2), gen(3), gen(4)], **kw).frames
+    assert out.shape == (4, 4, 16, 24, 3)
+    # the results of each input come together, each the input alone with its own generator
+    for k, (video, seed) in enumerate([(a, 1), (a, 2), (b, 3), (b, 4)]):
+        assert np.abs(out[k] - pipe(video, generator=gen(seed), **kw).frames[0]).max() < 1e-4
+    assert np.abs(out[0] - out[1]).max() > 1e-3  # independent noise, different results
+    one_gen = pipe(a, num_videos_per_prompt=3, generator=gen(0), **kw).frames
+    assert one_gen.shape[0] == 3 and np.abs(one_gen[0] - one_gen[2]).max() > 1e-3
+    with pytest.raises(ValueError, match="2 generators for a batch of 4"):
+        pipe(np.stack([a, b]), num_videos_per_prompt=2, generator=[gen(1), gen(2)], **kw)
+    with pytest.raises(ValueError, match=r"latents must have shape \(2,"):
+        pipe(a, num_videos_per_prompt=2, latents=torch.zeros(1, 4, 4, 4, 6), **kw)
+    with pytest.raises(ValueError, match="num_videos_per_prompt must be a positive integer"):
+        pipe(a, num_videos_per_prompt=0, **kw)
+
+
+# ----------------------------------------------------------------------------------------- guidance in callbacks
+def test_callback_cfg_cutoff_runs_the_rest_unguided(pipe):
+    video, steps, cut = clip(5), 4, 1
+    kw = dict(num_inference_steps=steps, output_type="latent", window_size=3, window_overlap=1)
+    full_trajectory = []
+
+    def record(p, i, t, cb):
+        full_trajectory.append(cb["latents"].clone())
+        return {}
+
+    def cfg_cutoff(p, i, t, cb):  # diffusers' SDCFGCutoffCallback does this at its cutoff step
+        if i == cut:
+            p._guidance_scale = 0.0
+        return {}
+
+    full = pipe(video, guidance_scale=3.0, generator=gen(), callback_on_step_end=record, **kw).frames
+    batches, handle = unet_batches(pipe)
+    try:
+        cutoff = pipe(video, guidance_scale=3.0, generator=gen(), callback_on_step_end=cfg_cutoff, **kw).frames
+    finally:
+        handle.remove()
+    # two windows, each starting guided: both branches up to the cutoff step, the conditional one after
+    assert batches == [2, 2, 1, 1] * 2
+    assert pipe.guidance_scale == 0.0 and not pipe.do_classifier_free_guidance
+    assert np.abs(cutoff - full).max() > 1e-4
+
+    # the same as a run without guidance that starts from the guided latents at the cutoff, window by window
+    windows = iter(range(2))
+
+    def splice(p, i, t, cb):
+        if i == cut:
+            return {"latents": full_trajectory[next(windows) * steps + cut]}
+        return {}
+
+    spliced = pipe(video, guidance_scale=1.0, generator=gen(), callback_on_step_end=splice, **kw).frames
+    assert torch.equal(cutoff, spliced)
+
+
+def test_callback_guidance_takes_effect_from_the_next_step(pipe):
+    seen = []
+
+    def raise_guidance(p, i, t, cb):
+        seen.append(p.guidance_scale)
+        p._guidance_scale += 1.0
+        return cb
+
+    pipe(clip(3), num_inference_steps=3, guidance_scale=2.0, generator=gen(), callback_on_step_end=raise_guidance,
+         callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs)
+    assert seen == [2.0, 3.0, 4.0] and pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+
+# ----------------------------------------------------------------------------------------- callback tensors
+def test_callback_tensors_other_than_latents_are_honoured(pipe):
+    inputs = []
+    handle = pipe.unet.register_forward_hook(
+        lambda m, args, kwargs, out: inputs.append((args[0].clone(), kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True)
+    replaced = {}
+
+    def replace_conditioning(p, i, t, cb):
+        if i == 0:
+            replaced["blur"] = torch.full_like(cb["blur_latents"], 0.5)
+            return {"blur_latents": replaced["blur"], "encoder_hidden_states": torch.zeros_like(
+                cb["encoder_hidden_states"])}
+        return {}
+
+    try:
+        pipe(clip(3), num_inference_steps=3, guidance_scale=1.0, generator=gen(),
+             callback_on_step_end=replace_conditioning,
+             callback_on_step_end_tensor_inputs=["latents", "blur_latents", "encoder_hidden_states"])
+    finally:
+        handle.remove()
+    (x0, tokens0), (x1, tokens1), (x2, tokens2) = inputs
+    assert torch.count_nonzero(tokens0) > 0 and torch.count_nonzero(tokens1) == 0 and torch.count_nonzero(tokens2) == 0
+    c = x0.shape[1] // 2  # the UNet's input: noisy latents ++ blurry-clip latents
+    assert not torch.equal(x0[:, c:], replaced["blur"])
+    assert torch.equal(x1[:, c:], replaced["blur"]) and torch.equal(x2[:, c:], replaced["blur"])
+
+
+# ----------------------------------------------------------------------------------------- pickled weights
+@pytest.fixture(scope="module")
+def pickled_folder(pipe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pickled") / "tiny"
+    pipe.save_pretrained(d, safe_serialization=False)
+    assert not list(d.rglob("*.safetensors")) and len(list(d.rglob("*.bin"))) == 3
+    return d
+
+
+def test_pickled_weights_refused_by_default(pickled_folder, monkeypatch):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    with pytest.raises(ModelFolderError, match=r"'vae' has only diffusion_pytorch_model\.bin.*safetensors only.*"
+                                               r"allow_pickle=True.*VDIFFDEBLUR_ALLOW_PICKLE=1"):
+        DeblurVideoPipeline.from_pretrained(pickled_folder)
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    with pytest.raises(ModelFolderError, match="safetensors only"):  # an explicit False wins over the environment
+        DeblurVideoPipeline.from_pretrained(pickled_folder, allow_pickle=False)
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_pickled_weights_load_with_opt_in_and_warning(pipe, pickled_folder, monkeypatch, caplog, how):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    kwargs = {"allow_pickle": True}
+    if how == "environment":
+        monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+        kwargs = {}
+    with caplog.at_level(logging.WARNING, logger="vdiffdeblur.pipelines.pipeline_deblur_video"):
+        loaded = DeblurVideoPipeline.from_pretrained(pickled_folder, **kwargs)
+    warned = [r.getMessage() for r in caplog.records if "pickled .bin weights" in r.getMessage()]
+    assert len(warned) == 1 and "vae, unet, blur_encoder" in warned[0] and str(pickled_folder) in warned[0]
+    loaded.set_progress_bar_config(disable=True)
+    video = clip(3)
+    a = pipe(video, num_inference_steps=2, generator=gen(4)).frames
+    b = loaded(video, num_inference_steps=2, generator=gen(4)).frames
+    assert np.array_equal(a, b)

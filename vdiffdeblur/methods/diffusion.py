@@ -85,11 +85,12 @@ class DiffusionFrameStream:
     def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
                  window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
-                 eta: float = 0.0, name: str | None = None):
+                 eta: float = 0.0, color_fix: str | None = None, name: str | None = None):
         folder = getattr(pipe, "name_or_path", None)
         self.name = name or (f"{folder}: the diffusion model" if folder else "the diffusion model")
         kwargs = dict(num_inference_steps=num_inference_steps, eta=eta, generator=make_generator(seed),
-                      window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size)
+                      window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size,
+                      color_fix=color_fix)
         if guidance_scale is not None:
             kwargs["guidance_scale"] = guidance_scale
         if window_overlap is not None:
@@ -126,7 +127,7 @@ def make_stream(source, info: VideoInfo, run, opts) -> DiffusionFrameStream:
     return DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=opts.steps, guidance_scale=opts.guidance, seed=run.seed,
         window_size=opts.window, window_overlap=opts.overlap, tile_size=opts.tile_size,
-        decode_chunk_size=opts.decode_chunk_size,
+        decode_chunk_size=opts.decode_chunk_size, color_fix=opts.color_fix,
     )
 
 
@@ -141,7 +142,7 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None =
                       guidance_scale: float | None = None,
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
                       tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
-                      lossless: bool = False, crf: int = 18, quiet: bool = False,
+                      color_fix: str | None = None, lossless: bool = False, crf: int = 18, quiet: bool = False,
                       overwrite: bool = False) -> VideoInfo:
     """Deblur a video file / frame folder into `output` (video file, or a PNG folder for a path without suffix),
     streaming from the reader to the writer (:func:`vdiffdeblur.methods.runner.stream_file`: frame count, size,
@@ -152,7 +153,7 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None =
     stream = DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         seed=seed, window_size=window_size, window_overlap=window_overlap, tile_size=tile_size,
-        decode_chunk_size=decode_chunk_size, eta=eta,
+        decode_chunk_size=decode_chunk_size, eta=eta, color_fix=color_fix,
     )
     return stream_file(source, output, stream, info, desc="deblur (diffusion)", lossless=lossless, crf=crf,
                        quiet=quiet)

@@ -13,6 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from ..argtypes import device_name, float_from, int_in
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: vdiffdeblur.colour_fix.COLOR_FIXES plus "none" (kept here so building the parser imports no torch)
+COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
 
 
 def _opt(default, help: str, type=None, action: str | None = None, flag: str | None = None, choices=None):
@@ -86,6 +88,8 @@ class DiffusionOptions:
     cpu_offload: bool = _opt(False, "keep the models on the CPU until they run (small GPUs)", action="store_true")
     vae_slicing: bool = _opt(False, "VAE-decode one frame at a time", action="store_true")
     vae_tiling: bool = _opt(False, "VAE-decode large frames in tiles", action="store_true")
+    color_fix: str = _opt("none", "take the output's colours from the input: wavelet (its low frequencies) or adain "
+                                  "(its per-channel mean and spread), frame by frame", choices=COLOR_FIX_CHOICES)
 
 
 METHOD_OPTIONS = {"transfer": TransferOptions, "dtb": DTBOptions, "fit": FitOptions, "diffusion": DiffusionOptions}
