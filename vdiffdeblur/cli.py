@@ -82,8 +82,14 @@ def cmd_synth(args) -> int:
     out = Path(args.output)
     check_output(out, overwrite=args.overwrite, kind="synth")
     w, h = args.size
-    cfg = ShakeConfig(num_frames=args.frames, width=w, height=h, fps=args.fps)
-    clip = synthesize_shake(args.photo, cfg, seed=args.seed)
+    if args.motion == "layered":
+        from .data.layered import LayeredConfig, synthesize_layered
+
+        cfg = LayeredConfig(num_frames=args.frames, width=w, height=h, fps=args.fps)
+        clip = synthesize_layered([args.photo], cfg, seed=args.seed, progress=True)
+    else:
+        clip = synthesize_shake(args.photo, ShakeConfig(num_frames=args.frames, width=w, height=h, fps=args.fps),
+                                seed=args.seed)
     with writing_atomically(out) as tmp:
         tmp.mkdir()
         for name, frames in (("blur", clip.blurry), ("sharp", clip.sharp)):
@@ -206,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float_from(0, inclusive=False), default=30.0,
                    help="frame rate, > 0 (default: %(default)g)")
     s.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^32-1 (default: %(default)s)")
+    s.add_argument("--motion", choices=["shake", "layered"], default="shake",
+                   help="shake: camera shake of the photo; layered: objects cut from it (and procedural ones) "
+                        "moving on their own over it, with occlusion (default: %(default)s)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing output folder, if it holds only what synth writes")
     s.set_defaults(func=cmd_synth)

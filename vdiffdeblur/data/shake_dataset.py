@@ -20,13 +20,20 @@ The source name ``"dead_leaves"`` stands for a new procedural dead-leaves pictur
 (:func:`vdiffdeblur.data.dead_leaves.dead_leaves`, seeded by the clip, twice the clip's size, with leaves
 textured by the dataset's photo sources): unlimited new scenes. Repeat it in ``sources`` to raise its share.
 
+With ``layered_fraction`` > 0 that share of the clips (a fixed, seeded choice) are layered scenes instead
+(:func:`vdiffdeblur.data.layered.synthesize_layered`, settings from ``layered``): the clip's source is the
+background, the camera pans and may shake, and objects cut from the dataset's photo sources (or procedural
+ones) move on their own over it, with occlusion and disocclusion. A still clip of that kind has no object
+motion and no shake. ``layered_fraction=0`` makes exactly the clips made before the option existed.
+
 By default the sources are :data:`~vdiffdeblur.data.synthetic.TRAIN_PHOTOS`; never train on
 :data:`~vdiffdeblur.data.synthetic.EVAL_PHOTOS`.
 
 An item is a dict with the same keys as :class:`~vdiffdeblur.data.paired.PairedVideoDataset` items
 (``"blurry"``, ``"sharp"``: float32 (F, 3, H, W) in [0, 1]; ``"sequence"``; ``"start"``; ``"top"``,
 ``"left"``) plus ``"blur_extent"``: float32 (F,) the mean path length of image points during each
-frame's exposure, in pixels, and ``"clip_seed"``: the seed the clip was synthesized with.
+frame's exposure, in pixels (for layered clips, per pixel the fastest layer seen there), and
+``"clip_seed"``: the seed the clip was synthesized with.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from torch.utils.data import Dataset
 
 from ..video import read_video
 from .dead_leaves import DEAD_LEAVES, check_fur_fraction, dead_leaves
+from .layered import LayeredConfig, synthesize_layered
 from .paired import DatasetError, to_float_clip
 from .synthetic import TRAIN_PHOTOS, ShakeConfig, load_photo, synthesize_shake
 
@@ -92,15 +100,17 @@ class SyntheticShakeDataset(Dataset):
     def __init__(self, sources=TRAIN_PHOTOS, num_clips: int = 64, clip_len: int = 13, crop=128,
                  config: ShakeConfig | None = None, frames_per_clip: int | None = None,
                  samples_per_clip: int = 1, seed: int = 0, still_fraction: float = 0.0, cache: bool = True,
-                 augment: bool = False, source_zoom=(1.0, 1.0), fur_fraction: float = 0.0):
+                 augment: bool = False, source_zoom=(1.0, 1.0), fur_fraction: float = 0.0,
+                 layered_fraction: float = 0.0, layered: LayeredConfig | None = None):
         if isinstance(sources, (str, Path)) or (isinstance(sources, np.ndarray) and sources.ndim in (3, 4)):
             sources = [sources]
         if len(sources) == 0:
             raise ValueError("SyntheticShakeDataset needs at least one source photo or video")
         if clip_len < 1 or num_clips < 1 or samples_per_clip < 1:
             raise ValueError("clip_len, num_clips and samples_per_clip must be >= 1")
-        if not 0.0 <= still_fraction <= 1.0:
-            raise ValueError(f"still_fraction must be in [0, 1], got {still_fraction}")
+        for name, share in (("still_fraction", still_fraction), ("layered_fraction", layered_fraction)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {share}")
         frames_per_clip = frames_per_clip or clip_len
         if frames_per_clip < clip_len:
             raise ValueError(f"frames_per_clip ({frames_per_clip}) must be >= clip_len ({clip_len})")
@@ -126,6 +136,9 @@ class SyntheticShakeDataset(Dataset):
         # which clips are still: a fixed, seeded choice
         n_still = int(round(still_fraction * num_clips))
         self._still = set(np.random.default_rng([seed, 7]).permutation(num_clips)[:n_still].tolist())
+        self.layered_fraction, self.layered = float(layered_fraction), layered or LayeredConfig()
+        n_layered = int(round(layered_fraction * num_clips))
+        self._layered = set(np.random.default_rng([seed, 8]).permutation(num_clips)[:n_layered].tolist())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -153,11 +166,24 @@ class SyntheticShakeDataset(Dataset):
             src = src[s0:s0 + cfg.num_frames]
         if self.augment:
             src = augment_source(src, np.random.default_rng([seed, 2]), self.source_zoom)
-        c = synthesize_shake(src, cfg, seed=seed)
+        if k in self._layered:
+            c = synthesize_layered(self._textures, self._layered_config(k), seed=seed, background=src)
+        else:
+            c = synthesize_shake(src, cfg, seed=seed)
         item = (f"{label}#{k}", c.blurry, c.sharp, c.blur_extent.astype(np.float32))
         if self.cache:
             self._clips[k] = item
         return item
+
+    def is_layered(self, k: int) -> bool:
+        """Whether clip ``k`` is a layered scene (objects moving over a background) rather than camera shake."""
+        return k in self._layered
+
+    def _layered_config(self, k: int) -> LayeredConfig:
+        c = self.config  # size, timing and noise as the shake clips have them
+        lc = replace(self.layered, num_frames=c.num_frames, width=c.width, height=c.height, fps=c.fps,
+                     exposure=c.exposure, noise_sigma=c.noise_sigma)
+        return lc.still() if k in self._still else lc
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

@@ -175,6 +175,25 @@ def _affine(center_src, pos, rot, zoom, out_center):
     return np.hstack([m, off[:, None]])
 
 
+def fit_view(sources: list, pos: np.ndarray, cfg: ShakeConfig, rng: np.random.Generator):
+    """The sources (uint8 (H, W, 3) each) scaled so the view plus the camera's whole path ``pos`` fits inside them,
+    in linear light, and a random view centre that keeps it inside (source px)."""
+    W, H = cfg.width, cfg.height
+    # ~1 source px per output px (downscaling with INTER_AREA keeps it crisp)
+    span = pos.max(0) - pos.min(0)
+    extra = 0.5 * max(W, H) * (3 * cfg.zoom + 2 * np.deg2rad(cfg.rotation_deg)) + 4
+    half_view = np.array([W / 2, H / 2]) + extra
+    need = 2 * half_view + span
+    ph, pw = sources[0].shape[:2]
+    r = max(need[0] / pw, need[1] / ph) * rng.uniform(1.0, 1.2)
+    size = (max(int(round(pw * r)), int(math.ceil(need[0]))), max(int(round(ph * r)), int(math.ceil(need[1]))))
+    interp = cv2.INTER_AREA if r < 1 else cv2.INTER_CUBIC
+    lin = [srgb_to_linear(cv2.resize(s, size, interpolation=interp).astype(np.float32) / 255.0) for s in sources]
+    lo = half_view - pos.min(0)
+    hi = np.array(size, dtype=np.float64) - half_view - pos.max(0)
+    return lin, lo + rng.uniform(0, 1, 2) * np.maximum(hi - lo, 0)
+
+
 def synthesize_shake(source, config: ShakeConfig | None = None, seed: int = 0) -> ShakeClip:
     """Make a camera-shake clip from a photo (H, W, 3), a built-in name, or a sharp video (F, H, W, 3).
 
@@ -192,20 +211,7 @@ def synthesize_shake(source, config: ShakeConfig | None = None, seed: int = 0) -
     t, pos, rot, zoom = _trajectory(cfg, rng, grid)
     W, H = cfg.width, cfg.height
     out_c = np.array([(W - 1) / 2, (H - 1) / 2])
-    # Scale the source so the view plus the whole trajectory fits inside it at ~1 source px per output px
-    # (downscaling with INTER_AREA keeps it crisp); then pick a random view centre that keeps it inside.
-    span = pos.max(0) - pos.min(0)
-    extra = 0.5 * max(W, H) * (3 * cfg.zoom + 2 * np.deg2rad(cfg.rotation_deg)) + 4
-    half_view = np.array([W / 2, H / 2]) + extra
-    need = 2 * half_view + span
-    ph, pw = sources[0].shape[:2]
-    r = max(need[0] / pw, need[1] / ph) * rng.uniform(1.0, 1.2)
-    size = (max(int(round(pw * r)), int(math.ceil(need[0]))), max(int(round(ph * r)), int(math.ceil(need[1]))))
-    interp = cv2.INTER_AREA if r < 1 else cv2.INTER_CUBIC
-    lin = [srgb_to_linear(cv2.resize(s, size, interpolation=interp).astype(np.float32) / 255.0) for s in sources]
-    lo = half_view - pos.min(0)
-    hi = np.array(size, dtype=np.float64) - half_view - pos.max(0)
-    center_src = lo + rng.uniform(0, 1, 2) * np.maximum(hi - lo, 0)
+    lin, center_src = fit_view(sources, pos, cfg, rng)
 
     probe_pts = np.array([[0, 0], [-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]]) + out_c
     blurry, sharp, extent, offsets = [], [], [], []

@@ -33,7 +33,7 @@ class DiffusionTrainConfig:
     teacher_encoder: str | None = None  # image encoder 1; default: a frozen copy of the starting blur encoder
     output_dir: str | None = None  # default deblur-stage<N>
     seed: int = 0
-    # ---- training data: "synthetic" (camera shake from TRAIN_PHOTOS) or a PairedVideoDataset folder
+    # ---- training data: "synthetic" (camera shake or layered scenes from TRAIN_PHOTOS) or a PairedVideoDataset folder
     train_data: str = "synthetic"
     layout: str = "auto"
     photos: tuple = TRAIN_PHOTOS
@@ -41,6 +41,7 @@ class DiffusionTrainConfig:
     samples_per_clip: int = 1  # items per synthetic clip (or paired sequence) per epoch
     frames_per_clip: int = 24
     still_fraction: float = 0.1
+    layered_fraction: float = 0.0  # share of synthetic clips that are layered scenes (objects moving on their own)
     synth_width: int = 320
     synth_height: int = 288
     clip_len: int = 16
@@ -113,6 +114,8 @@ class DiffusionTrainConfig:
                      "validation_loss_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.layered_fraction <= 1.0:
+            raise ValueError(f"layered_fraction must be in [0, 1], got {self.layered_fraction}")
         if self.coherence_weight < 0 or self.alignment_weight < 0:
             raise ValueError("coherence_weight and alignment_weight must be >= 0")
         if self.train_data == "synthetic":

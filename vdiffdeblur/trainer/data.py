@@ -1,10 +1,11 @@
 """Training and validation data of the diffusion training.
 
-Training clips come from `SyntheticShakeDataset` (camera shake made from TRAIN_PHOTOS, no download) or from a
-`PairedVideoDataset` folder. Their order is a fixed, seeded permutation per epoch (`ShuffledView`) read without
-a random sampler, so the data a step sees depends only on the seed and the step: resuming from a checkpoint
-(Accelerate's `skip_first_batches`) continues exactly the same sequence, and Accelerate's batch sharding gives
-every process different clips.
+Training clips come from `SyntheticShakeDataset` (camera shake made from TRAIN_PHOTOS, no download; a
+`layered_fraction` of them layered scenes with objects moving on their own) or from a `PairedVideoDataset`
+folder. Their order is a fixed, seeded permutation per epoch (`ShuffledView`) read without a random sampler,
+so the data a step sees depends only on the seed and the step: resuming from a checkpoint (Accelerate's
+`skip_first_batches`) continues exactly the same sequence, and Accelerate's batch sharding gives every process
+different clips.
 
 Validation clips are held out: camera shake made from EVAL_PHOTOS (never trained on) with fixed seeds, or the
 first clips of a paired folder.
@@ -59,7 +60,7 @@ def build_train_dataset(cfg: DiffusionTrainConfig) -> ShuffledView:
             sources=list(cfg.photos), num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop or None,
             config=ShakeConfig(width=cfg.synth_width, height=cfg.synth_height),
             frames_per_clip=max(cfg.frames_per_clip, cfg.clip_len), samples_per_clip=cfg.samples_per_clip,
-            seed=cfg.seed, still_fraction=cfg.still_fraction)
+            seed=cfg.seed, still_fraction=cfg.still_fraction, layered_fraction=cfg.layered_fraction)
     else:
         ds = PairedVideoDataset(cfg.train_data, layout=cfg.layout, clip_len=cfg.clip_len, crop=cfg.crop or None,
                                 samples_per_sequence=cfg.samples_per_clip, seed=cfg.seed, flip=True)

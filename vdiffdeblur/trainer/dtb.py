@@ -68,6 +68,7 @@ class DTBTrainConfig:
     augment: bool = False  # each synthetic clip sees a random sub-window, flip / quarter turn, channel order
     source_zoom: tuple[float, float] = (1.0, 1.0)  # with augment: the sub-window's side as a fraction of the photo's
     fur_fraction: float = 0.0  # dead-leaves sources: share of textured leaves filled with procedural fur
+    layered_fraction: float = 0.0  # share of synthetic clips that are layered scenes (objects moving on their own)
     synth_width: int = 320
     synth_height: int = 240
     clip_len: int = 13
@@ -158,7 +159,7 @@ def build_train_dataset(cfg: DTBTrainConfig, num_samples: int):
                                      frames_per_clip=max(cfg.frames_per_clip, cfg.clip_len),
                                      samples_per_clip=per_clip, seed=cfg.seed, still_fraction=cfg.still_fraction,
                                      augment=cfg.augment, source_zoom=tuple(cfg.source_zoom),
-                                     fur_fraction=cfg.fur_fraction)
+                                     fur_fraction=cfg.fur_fraction, layered_fraction=cfg.layered_fraction)
     ds = PairedVideoDataset(cfg.train_data, layout=cfg.layout, clip_len=cfg.clip_len, crop=cfg.crop, seed=cfg.seed,
                             flip=True)
     ds.samples_per_sequence = max(1, math.ceil(num_samples / len(ds.sequences)))

@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from ..blur import LengthSampler, blur_crops, cut_patches, random_kernels
 from ..data.dead_leaves import check_fur_fraction, dead_leaves
+from ..data.layered import LayeredConfig, synthesize_layered
 from ..data.synthetic import TRAIN_PHOTOS, load_photo
 from ..losses import patch_sharpness, reweight
 from ..sharpness import laplacian_variance
@@ -53,11 +54,14 @@ class MetaConfig:
     scales: tuple[float, ...] = (0.4, 0.55, 0.7, 0.85, 1.0)  # photo scales (frames show photos at ~1/2)
     dead_leaves: int = 0  # procedural dead-leaves pictures added to p(I) (textured with the photos)
     fur_fraction: float = 0.0  # their share of textured leaves filled with procedural fur (dead_leaves())
+    layered_fraction: float = 0.0  # share of tasks whose query is a frame of a layered scene (object motion)
 
     def __post_init__(self):
         if self.dead_leaves < 0:
             raise ValueError(f"dead_leaves must be >= 0, got {self.dead_leaves}")
         check_fur_fraction(self.fur_fraction)
+        if not 0.0 <= self.layered_fraction <= 1.0:
+            raise ValueError(f"layered_fraction must be in [0, 1], got {self.layered_fraction}")
         if self.inner_steps < 1 or self.tasks_per_step < 1 or self.patches_per_task < 1:
             raise ValueError("inner_steps, tasks_per_step and patches_per_task must be >= 1")
         if self.inner_lr <= 0:
@@ -76,7 +80,14 @@ class PhotoTasks:
     """p(I) over photos: by default the built-in training photos (never an evaluation photo), each kept at
     several scales, plus ``config.dead_leaves`` procedural pictures (:func:`~vdiffdeblur.data.dead_leaves.
     dead_leaves`, 384x512, seeded by their number, leaves textured with the photos), also at those scales.
-    ``sample(rng)`` makes one task; ``sample(rng, photos_only=True)`` draws from the photos only."""
+    ``sample(rng)`` makes one task; ``sample(rng, photos_only=True)`` draws from the photos only.
+
+    With ``config.layered_fraction`` > 0 that share of tasks come from one frame of a layered scene
+    (:func:`~vdiffdeblur.data.layered.synthesize_layered`: the task's image as the background, objects cut from
+    the photos moving over it): GT_i are patches of its sharp frame, Blur*_i the same patches of its blurry frame
+    (object motion, occlusion), Blur_i GT_i blurred by kernels from D as before, which is what a fit to a test
+    video can make from its own sharp frames. The inner step then learns from kernel blur what helps on
+    object-motion blur."""
 
     def __init__(self, photos=TRAIN_PHOTOS, config: MetaConfig | None = None, allow_eval_photos: bool = False):
         self.config = config or MetaConfig()
@@ -86,6 +97,8 @@ class PhotoTasks:
         self.norms: list[float] = []
         need = self.config.patch_size + 2 * (int(self.config.max_length) + 4)
         loaded = [load_photo(f"builtin:{p}" if isinstance(p, str) and ":" not in p else p) for p in photos]
+        self._photos = loaded
+        self._pictures: list[np.ndarray] = []  # uint8 (H, W, 3) behind each of self.images
         for img in loaded:
             self._add_scaled(img, need)
         self.num_photo_images = len(self.images)  # photo images come first; sample(photos_only=True) uses them
@@ -105,6 +118,7 @@ class PhotoTasks:
                             interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
             t = torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
             self.images.append(t)
+            self._pictures.append(im)
             self.norms.append(float(laplacian_variance(t[None])[0]) or 1.0)
 
     def _lengths(self, n: int, rng: np.random.Generator) -> list[float]:
@@ -116,18 +130,36 @@ class PhotoTasks:
                photos_only: bool = False) -> Task:
         cfg = self.config
         i = int(rng.integers(self.num_photo_images if photos_only and self.num_photo_images else len(self.images)))
+        # (draws from rng as before when layered_fraction is 0, so earlier runs stay reproducible)
+        layered = cfg.layered_fraction > 0 and not photos_only and rng.random() < cfg.layered_fraction
         n = cfg.patches_per_task
         k1 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
         k2 = random_kernels(self._lengths(n, rng), cfg.kernel, rng)
         size = max(k1.shape[-1], k2.shape[-1])
         k1, k2 = (np.pad(k, [(0, 0)] + [((size - k.shape[-1]) // 2,) * 2] * 2) for k in (k1, k2))
         m = size // 2
-        crops, _, _ = cut_patches([self.images[i]], n, cfg.patch_size, m, rng)
         sigma = float(rng.uniform(*cfg.noise_sigma))
+        if layered:
+            sharp, blurry = self._layered_frame(i, 2 * (cfg.patch_size + m), sigma, rng)
+            crops, _, pos = cut_patches([sharp], n, cfg.patch_size, m, rng)
+            p = crops.shape[-1] - 2 * m
+            query = torch.stack([blurry[:, y:y + p, x:x + p] for y, x in pos])
+        else:
+            crops, _, _ = cut_patches([self.images[i]], n, cfg.patch_size, m, rng)
         support = blur_crops(crops, k1, m, cfg.inverse_gamma, sigma, generator)
-        query = blur_crops(crops, k2, m, cfg.inverse_gamma, sigma, generator)
+        if not layered:
+            query = blur_crops(crops, k2, m, cfg.inverse_gamma, sigma, generator)
         target = crops[:, :, m:crops.shape[-2] - m, m:crops.shape[-1] - m]
         return Task(support, query, target, self.norms[i])
+
+    def _layered_frame(self, i: int, side: int, sigma: float, rng: np.random.Generator):
+        """One frame (sharp, blurry: float (3, side, side)) of a layered scene over image ``i``, objects cut from
+        the photos."""
+        pic = self._pictures[i]
+        cfg = LayeredConfig(num_frames=1, width=side, height=side, noise_sigma=sigma)
+        c = synthesize_layered(self._photos, cfg, seed=int(rng.integers(2**31 - 1)), background=pic)
+        to_t = lambda a: torch.from_numpy(a[0]).permute(2, 0, 1).float() / 255.0  # noqa: E731
+        return to_t(c.sharp), to_t(c.blurry)
 
 
 def task_loss(model, params: dict, x: torch.Tensor, y: torch.Tensor, loss_fn, norm: float | None,
