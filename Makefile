@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-slow lint install checkpoints checkpoints-dtb checkpoints-fit checkpoints-diffusion benchmark clean
+.PHONY: demo test test-slow lint install checkpoints checkpoints-dtb checkpoints-fit checkpoints-diffusion benchmark benchmark-speed clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ checkpoints-diffusion: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py
+
+# fps, peak memory, the guard's and decode/encode's shares of every method at 640x480, 1080p and 4K (docs/benchmarks.md,
+# section Speed); a quick run: $(PY) scripts/benchmark_speed.py --methods transfer dtb --sizes 640x480 --frames 8
+benchmark-speed: $(STAMP)
+	$(PY) scripts/benchmark_speed.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

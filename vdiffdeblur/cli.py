@@ -175,20 +175,30 @@ def deblur_options(args) -> dict:
     return {k: v for k, v in vars(args).items() if k in known_keys()}
 
 
-def cmd_deblur(args) -> int:
-    from .methods.runner import deblur_file
-    from .outputs import check_output
-
-    check_output(args.output, inputs=[args.input], overwrite=args.overwrite)
+def _check_deblur_args(args) -> None:
     if args.model and args.method not in ("dtb", "diffusion"):
         hint = "; fit takes its start with --init" if args.method == "fit" else ""
         raise UsageError(f"--model is for --method dtb or diffusion, not {args.method}{hint}")
     if args.init is not None and args.method != "fit":
         raise UsageError(f"--init is for --method fit, not {args.method}")
-    if args.threads is not None:
-        import torch
+    if args.suffix is not None and len(args.inputs) == 1:
+        raise UsageError("--suffix is for several inputs (with one, -o names its output)")
 
-        torch.set_num_threads(args.threads)
+
+def cmd_deblur(args) -> int:
+    from .methods.batch import world_size
+    from .methods.runner import deblur_file
+    from .outputs import check_output
+    from .threads import set_threads
+
+    if len(args.inputs) > 1:
+        return _deblur_many(args)
+    args.input = args.inputs[0]
+    check_output(args.output, inputs=[args.input], overwrite=args.overwrite)
+    _check_deblur_args(args)
+    if world_size() > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return 0  # one video under a launcher: the main process does it
+    set_threads(args.threads)
     t0 = time.perf_counter()
     info = deblur_file(args.input, args.output, method=args.method, options=deblur_options(args),
                        overwrite=args.overwrite)
@@ -196,6 +206,29 @@ def cmd_deblur(args) -> int:
     print(f"wrote {args.output}: {info.num_frames} frames {info.width}x{info.height} in {dt:.1f} s "
           f"({args.method}{', guard' if args.guard else ''}{', transfer' if args.transfer else ''})")
     return 0
+
+
+def _deblur_many(args) -> int:
+    """Several inputs: ``-o`` is a folder; one output each (see :mod:`vdiffdeblur.methods.batch`)."""
+    from .methods.batch import SUMMARY, deblur_many
+    from .threads import set_threads
+
+    _check_deblur_args(args)
+    set_threads(args.threads)
+
+    def failed(record, error):
+        print(f"error: {error_message(error)}", file=sys.stderr)
+
+    records = deblur_many(args.inputs, args.output, method=args.method, options=deblur_options(args),
+                          overwrite=args.overwrite, suffix=args.suffix, on_error=failed)
+    count = {s: sum(r.status == s for r in records) for s in ("done", "skipped", "failed")}
+    frames = sum(r.frames for r in records if r.status == "done")
+    if os.environ.get("RANK", "0") != "0":  # the main process reports for every process
+        return 2 if count["failed"] else 0
+    print(f"{args.output}: {count['done']} deblurred ({frames} frames), {count['skipped']} already done, "
+          f"{count['failed']} failed; summary in {Path(args.output) / SUMMARY} "
+          f"({args.method}{', guard' if args.guard else ''}{', transfer' if args.transfer else ''})")
+    return 2 if count["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,10 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("video", help="video file or frame folder")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("deblur", help="deblur a video file or frame folder")
-    d.add_argument("input", help="video file or frame folder")
+    d = sub.add_parser("deblur", help="deblur video files or frame folders")
+    d.add_argument("inputs", nargs="+", metavar="input",
+                   help="video file or frame folder; several: one output each in the folder -o")
     d.add_argument("-o", "--output", required=True,
-                   help="output video (.mp4, .mkv, ...) or a path without suffix for a PNG folder")
+                   help="output video (.mp4, .mkv, ...) or a path without suffix for a PNG folder; with several "
+                        "inputs, a folder: each output takes its input's name, finished ones are skipped, and "
+                        "deblur_summary.json records every video")
+    d.add_argument("--suffix", help="with several inputs: the outputs' suffix (.mp4, .mkv, ...) or 'folder' for PNG "
+                                    "folders (default: each input's own; a frame folder gives a PNG folder)")
     d.add_argument("--method", choices=["diffusion", "fit", "dtb", "transfer"], default="transfer",
                    help="how to deblur (default: %(default)s, sharp-frame transfer)")
     d.add_argument("--overwrite", action="store_true",

@@ -29,8 +29,9 @@ class RunOptions:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps (auto: cuda if available, else cpu)",
                        type=device_name)
     seed: int = _opt(0, "random seed, 0 to 2^32-1", type=int_in(0, 2**32 - 1))
-    threads: int | None = _opt(None, "CPU threads for PyTorch, at least 1 (default: PyTorch's choice; 1 is often "
-                                     "fastest on a busy shared CPU)", type=int_in(1))
+    threads: int | None = _opt(None, "CPU threads for PyTorch and OpenCV, at least 1 (default: OMP_NUM_THREADS if set, "
+                                     "else the cores this process may use, shared among the processes of an "
+                                     "accelerate launch; 1 is often fastest on a busy shared CPU)", type=int_in(1))
     transfer: bool = _opt(False, "run sharp-frame transfer after the method", action="store_true")
     guard: bool = _opt(True, "keep the method's output as it is (the do-no-harm guard is on by default)",
                        action="store_false", flag="--no-guard")

@@ -6,14 +6,17 @@ a method that needs a first pass over the whole video (fitting) does it from the
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import time
 from collections import deque
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..io_threads import BackgroundWriter, Prefetch
 from ..outputs import check_output
 from ..video import VideoInfo, VideoWriter, iter_timed_frames, probe
 from .options import TransferOptions, options_of, split_options
@@ -52,43 +55,68 @@ def build_stream(source, info: VideoInfo, method: str, options: dict | None = No
 
 
 def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str = "deblur",
-                lossless: bool = False, crf: int = 18, quiet: bool = False) -> VideoInfo:
+                lossless: bool = False, crf: int = 18, quiet: bool = False, overlap: bool = True,
+                overall=None, stats: dict | None = None) -> VideoInfo:
     """Decode ``source``, push every frame through ``stream`` (a FrameStream), encode what it emits into ``output``.
 
     The output keeps the source's frame timestamps, rotation, colour description, audio and subtitles; its
     frame count must equal the input's. On any error (or SIGTERM/SIGHUP in the CLI) nothing is left under
-    ``output``.
+    ``output``. ``overlap``: decode ahead and encode behind in their own threads (:mod:`vdiffdeblur.io_threads`;
+    the same output as without). ``overall``: a tqdm bar over several videos, advanced here too. ``stats``: a dict
+    that receives ``wall_s``, ``decode_s`` and ``encode_s`` (seconds spent decoding and encoding).
     """
     info = info or probe(source)
     pending: deque = deque()  # the pts of frames pushed in, handed to frames coming out in the same order
     n = 0
-    with logging_redirect_tqdm(), VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info) as w, \
-            tqdm(total=info.num_frames, desc=desc, unit="frame", disable=quiet) as bar:
-        def emit(frames):
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(logging_redirect_tqdm())
+        w = stack.enter_context(VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info))
+        bar = stack.enter_context(tqdm(total=info.num_frames, desc=desc, unit="frame", disable=quiet,
+                                       leave=overall is None))
+        frames = iter_timed_frames(source)
+        if overlap:  # entered after the writer, so left before it: the writer thread ends before an abort
+            frames = stack.enter_context(Prefetch(frames))
+            sink = stack.enter_context(BackgroundWriter(lambda f, pts: w.write(f, pts=pts)))
+            put = sink.put
+        else:
+            sink, put = None, lambda f, pts: w.write(f, pts=pts)
+
+        def emit(outputs):
             nonlocal n
-            for o in frames:
-                w.write(o, pts=[pending.popleft()])
+            for o in outputs:
+                put(o, [pending.popleft()])
                 n += 1
                 bar.update(1)
+                if overall is not None:
+                    overall.update(1)
 
-        for frame, pts in iter_timed_frames(source):
+        for frame, pts in frames:
             pending.append(pts)
             emit(stream.push([frame]))
         emit(stream.flush())
+        if sink is not None:
+            sink.finish()
         if n != info.num_frames:
             raise RuntimeError(f"{desc} produced {n} frames for {info.num_frames} input frames")
+        if stats is not None and sink is not None:
+            stats.update(decode_s=frames.busy_s, encode_s=sink.busy_s)
+    if stats is not None:
+        stats["wall_s"] = time.perf_counter() - t0
     return info
 
 
 def deblur_file(source, output, method: str = "transfer", options: dict | None = None,
-                overwrite: bool = False) -> VideoInfo:
+                overwrite: bool = False, **stream_kwargs) -> VideoInfo:
     """Deblur a video file / frame folder into ``output`` (file or PNG folder), streaming frame by frame.
 
     An existing ``output`` is refused unless ``overwrite`` (see :func:`vdiffdeblur.outputs.check_output`).
+    ``stream_kwargs``: ``overlap``, ``overall``, ``stats`` or ``desc`` of :func:`stream_file`.
     """
     run, _ = split_options(options, method)
     check_output(output, inputs=[source], overwrite=overwrite)
     info = probe(source)
     stream = build_stream(source, info, method, options)
-    return stream_file(source, output, stream, info, desc=f"deblur ({method})", lossless=run.lossless, crf=run.crf,
-                       quiet=run.quiet)
+    stream_kwargs.setdefault("desc", f"deblur ({method})")
+    return stream_file(source, output, stream, info, lossless=run.lossless, crf=run.crf, quiet=run.quiet,
+                       **stream_kwargs)
