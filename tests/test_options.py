@@ -28,8 +28,8 @@ def test_cli_options_become_typed_options_of_each_method():
     assert run == RunOptions(seed=7, guard=False, quiet=True)
     assert diffusion == DiffusionOptions(steps=3, tile_size=64, vae_tiling=True, dtype="float32")
     assert split_options(opts, "transfer")[1] == TransferOptions(transfer_radius=2)
-    assert split_options(opts, "fit")[1] == FitOptions(steps=3)
-    assert split_options(opts, "dtb")[1] == DTBOptions(dtype="float32")
+    assert split_options(opts, "fit")[1] == FitOptions(steps=3, tile_size=64)  # --tile-size is shared
+    assert split_options(opts, "dtb")[1] == DTBOptions(dtype="float32", tile_size=64)
     assert split_options({}, "dtb") == (RunOptions(), DTBOptions())  # defaults are the dataclasses'
 
 

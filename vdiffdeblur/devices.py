@@ -69,7 +69,7 @@ def bf16_native(device) -> bool:
     return any(bool(c()) for c in checks if c is not None)
 
 
-PRECISIONS = {"dtb": ("float32", "bfloat16"), "fit": ("float32", "bfloat16"),
+PRECISIONS = {"dtb": ("float32", "bfloat16", "float16"), "fit": ("float32", "bfloat16"),
               "diffusion": ("float32", "float16", "bfloat16")}
 _ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 

@@ -21,13 +21,16 @@ import torch
 from ..devices import resolve_device, resolve_precision
 from ..frames import as_frames_tensor, check_finite, crop_to, pad_to_multiple, to_uint8_frames
 from ..model_folders import require_kind
-from ..models.dtb import DTBNet, DTBState, reflect_index
+from ..models.dtb import DTBNet, DTBState, reflect_index, step_tiled
+from ..tiles import check_tile, resolve_tile
 from .stream import OneByOne, run
 
 logger = logging.getLogger(__name__)
 
 #: the checkpoint shipped with the package (trained on the built-in training photos only)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "dtb"
+
+
 def load_dtb_model(path=None, device="cpu") -> DTBNet:
     """A saved DTBNet folder (config.json + safetensors), by default the shipped checkpoint."""
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
@@ -47,17 +50,20 @@ class OnlineDeblurrer(OneByOne):
     ``push(frames)`` takes uint8 (H, W, 3) frames (or float (3, H, W) in [0, 1]) and returns the sharp frames
     now ready, each ``m`` frames behind the newest input (same type as the input; none while the look-ahead
     fills); ``flush()`` returns the last ``m`` frames. ``precision="auto"`` runs the convolutions in bfloat16
-    where the CPU supports it (float32 otherwise); ``channels_last`` and an optional ``torch.compile`` speed it
-    up. The stream is
+    where the device supports it (float32 otherwise; float16 on request, for GPUs); ``channels_last`` and an
+    optional ``torch.compile`` speed it up. ``tile`` (pixels a side; "auto": :func:`~vdiffdeblur.tiles.auto_tile`;
+    None: whole frames) runs large frames in tiles with the same output up to rounding
+    (:func:`~vdiffdeblur.models.dtb.step_tiled`), which keeps 4K within a few GB. The stream is
     reusable: ``reset()`` (called by ``flush``) starts a new video. ``name`` is how errors name the model (a
     model whose output is not finite raises :class:`~vdiffdeblur.frames.NonFiniteOutputError`).
     """
 
     def __init__(self, model: DTBNet, device=None, precision: str = "auto", channels_last: bool = True,
-                 compile: bool = False, name: str = "the dtb model"):
+                 compile: bool = False, name: str = "the dtb model", tile: int | str | None = "auto"):
         self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device, "dtb")
+        self.tile = check_tile(tile)
         self.model = model.to(self.device).eval()
         self.channels_last = channels_last
         if channels_last:
@@ -76,8 +82,8 @@ class OnlineDeblurrer(OneByOne):
         self._as_uint8 = True
 
     def autocast(self):
-        if self.precision == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision in ("bfloat16", "float16"):
+            return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------- streaming
@@ -111,8 +117,12 @@ class OnlineDeblurrer(OneByOne):
 
     def _run(self, n: int, total: int):
         win = self._window(n, total)
+        tile = resolve_tile(self.tile, *win.shape[-2:])
         with torch.inference_mode(), self.autocast():
-            out, self._state = self._step(win, self._state)
+            if tile is None:
+                out, self._state = self._step(win, self._state)
+            else:
+                out, self._state = step_tiled(self.model, win, self._state, tile)
         out = check_finite(crop_to(out, self._size), self.name)
         self._next = n + 1
         if self._as_uint8:
@@ -147,7 +157,8 @@ def make_stream(source, info, run, opts) -> OnlineDeblurrer:
     device = resolve_device(run.device)
     model = load_dtb_model(opts.model, device=device)
     deblurrer = OnlineDeblurrer(model, device=device, precision=opts.dtype, compile=opts.compile,
-                                name=f"{opts.model or DEFAULT_CHECKPOINT}: the dtb model")
+                                name=f"{opts.model or DEFAULT_CHECKPOINT}: the dtb model",
+                                tile="auto" if opts.tile_size is None else opts.tile_size)
     logger.info("dtb: %s model (%s, %d channels), %s on %s", opts.model or "shipped",
                 model.config.variant, model.config.channels, deblurrer.precision, device)
     return deblurrer

@@ -52,10 +52,13 @@ class DTBOptions:
     """dtb."""
 
     model: str | None = _opt(None, "a DTBNet folder (default: the shipped model)")
-    dtype: str = _opt("auto", "float32 or bfloat16 (auto: see vdiffdeblur.devices.resolve_precision)",
+    dtype: str = _opt("auto", "float32, bfloat16 or float16 (GPUs) (auto: see vdiffdeblur.devices.resolve_precision)",
                       choices=DTYPES)
     compile: bool = _opt(False, "torch.compile the network (about 30 s per frame size, then faster)",
                          action="store_true")
+    tile_size: int | None = _opt(None, "run the network on tiles of this many pixels a side, same output up to "
+                                       "rounding, at least 1 (default: 1024 above 1920x1088, else whole frames)",
+                                 type=int_in(1))
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class FitOptions:
                                              "6e-4 from random)", type=float_from(0, inclusive=False))
     vgg_weights: str | None = _opt(None, "local VGG-19 weights (torchvision .pth or MatConvNet .mat; default: none, "
                                          "a pixel loss instead of the perceptual loss)")
+    tile_size: int | None = _opt(None, "deblur in tiles of this many pixels a side, at least 1 (default: 1024 above "
+                                       "1920x1088, else whole frames)", type=int_in(1))
 
 
 @dataclass(frozen=True)

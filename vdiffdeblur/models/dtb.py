@@ -43,6 +43,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..blur import linear_to_srgb, srgb_to_linear
+from ..tiles import spans
 
 VARIANTS = ("cnn", "strcnn", "strcnn_dtb")
 
@@ -62,6 +63,8 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
+        if _fusable(x):
+            return conv(self.conv2, conv(self.conv1, x, "relu"), add=x)
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
@@ -80,11 +83,16 @@ class TemporalBlending(nn.Module):
 
     def weight(self, h_prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``w_n = min(1, |tanh(A h~_{n-1} + B h_n)| + beta)``."""
-        a = self.conv(torch.cat([h_prev, h], dim=1))
+        x = torch.cat([h_prev, h], dim=1)
+        if _fusable(x):  # the same formula in place, without five temporaries as large as h
+            return conv(self.conv, x, "tanh").abs_().add_(self.beta.to(x.dtype)).clamp_(max=1.0)
+        a = self.conv(x)
         return torch.clamp(torch.tanh(a).abs() + self.beta.to(a.dtype), max=1.0)
 
     def forward(self, h_prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         w = self.weight(h_prev, h)
+        if _fusable(w):  # w h + (1 - w) h~ in one pass
+            return torch.lerp(h_prev, h, w)
         return w * h + (1 - w) * h_prev
 
 
@@ -142,6 +150,14 @@ class DTBNet(ModelMixin, ConfigMixin):
     def window_size(self) -> int:
         return 2 * self.config.num_neighbors + 1
 
+    @property
+    def reach(self) -> int:
+        """How far (full-size pixels) one step looks around an output pixel, into the window and the previous
+        state: a tile of a step is exact this far from its edges (:func:`step_tiled`)."""
+        cfg = self.config
+        half = 1 + 4 * cfg.num_res_blocks + cfg.dtb_kernel_size // 2 + 2  # fuse, 2 x blocks, blend, up/head
+        return 2 * half + 6  # the stride-2 conv, the 5x5 input conv and the output conv at full size
+
     # ------------------------------------------------------------------------------------- one step
     def step(self, window: torch.Tensor, state: DTBState | None = None) -> tuple[torch.Tensor, DTBState]:
         """One time step: ``window`` (B, 2m+1, 3, H, W), float, centre frame ``B_n`` in the middle -> ``L_n``
@@ -155,26 +171,29 @@ class DTBNet(ModelMixin, ConfigMixin):
         if self.config.linear_light:
             window = srgb_to_linear(window.float())
         x = window.reshape(b, k * 3, h, w)
-        if x.dtype != wdtype:
+        if _fusable(x):  # oneDNN with fused activations: run in the dtype autocast would give the convolutions
+            x = x.to(_compute_dtype(x, wdtype)).contiguous(memory_format=_memory_format(self.in_conv.weight))
+        elif x.dtype != wdtype:
             x = x.to(wdtype)
-        full = F.relu(self.in_conv(x))
-        y = F.relu(self.down(full))
+        full = conv(self.in_conv, x, "relu")
+        y = conv(self.down, full, "relu")
         if self.recurrent:
             feats = state.features if state is not None and state.features is not None else None
             if feats is None:
                 feats = y.new_zeros((b, self.config.feature_channels) + y.shape[-2:])
             y = torch.cat([y, feats.to(y.dtype)], dim=1)
-        hn = self.encoder(F.relu(self.fuse(y)))
+        hn = self.encoder(conv(self.fuse, y, "relu"))
         blended = None
         if self.uses_dtb:
             prev = state.blended if state is not None and state.blended is not None else hn
             hn = self.blend(prev.to(hn.dtype), hn)
             blended = hn
         d = self.decoder(hn)
-        up = self.up(d)
         if self.config.encoder_skip:
-            up = up + full
-        out = self.out_conv(F.relu(up)).float()
+            up = F.relu(self.up(d) + full)
+        else:
+            up = conv(self.up, d, "relu")
+        out = self.out_conv(up).float()
         if self.config.residual:
             out = out + window[:, self.config.num_neighbors].float()
         if self.config.linear_light:
@@ -210,6 +229,92 @@ class DTBNet(ModelMixin, ConfigMixin):
         return (res, state) if return_state else res
 
 
+@torch.no_grad()
+def step_tiled(model: DTBNet, window: torch.Tensor, state: DTBState | None = None, tile: int | None = None
+               ) -> tuple[torch.Tensor, DTBState]:
+    """:meth:`DTBNet.step` computed in spatial tiles of ``tile`` x ``tile`` pixels, so that the activations of
+    one tile, not of the whole frame, are held at a time (4K in a few GB). Each tile reads :attr:`DTBNet.reach`
+    more pixels of the window and of the previous state on every side and keeps only its own part, so the output
+    and the new (whole-frame) state are those of the untiled step up to rounding; with ``tile`` None or at least
+    the frame's size this is ``model.step`` itself."""
+    h, w = window.shape[-2:]
+    if tile is None or (tile >= h and tile >= w):
+        return model.step(window, state)
+    tile = max(2, tile - tile % 2)  # the half-size state maps tiles onto whole pixels
+    halo = model.reach + model.reach % 2
+    out = feats = blended = None
+    for y0, y1, ry0, ry1 in spans(h, tile, halo):
+        for x0, x1, rx0, rx1 in spans(w, tile, halo):
+            part = None
+            if state is not None:
+                part = DTBState(*(None if t is None else t[..., ry0 // 2:ry1 // 2, rx0 // 2:rx1 // 2] for t in state))
+            o, st = model.step(window[..., ry0:ry1, rx0:rx1], part)
+            if out is None:  # whole-frame buffers, in the dtype and layout the step gives
+                out = o.new_empty(o.shape[:-2] + (h, w))
+                feats, blended = (None if t is None else torch.empty(
+                    t.shape[:-2] + (h // 2, w // 2), dtype=t.dtype, device=t.device,
+                    memory_format=_memory_format(t)) for t in st)
+            out[..., y0:y1, x0:x1] = o[..., y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+            core = (..., slice((y0 - ry0) // 2, (y1 - ry0) // 2), slice((x0 - rx0) // 2, (x1 - rx0) // 2))
+            dst = (..., slice(y0 // 2, y1 // 2), slice(x0 // 2, x1 // 2))
+            for full, t in ((feats, st.features), (blended, st.blended)):
+                if full is not None:
+                    full[dst] = t[core]
+    return out, DTBState(feats, blended)
+
+
+def _memory_format(weight: torch.Tensor):
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1 \
+        else torch.contiguous_format
+
+
+def _compute_dtype(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.dtype:
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return weight_dtype
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether the convolutions on ``x`` can run as single oneDNN calls with the activation (or the residual sum)
+    fused in: CPU inference in float32 or bfloat16. Separate ReLU and add passes over bfloat16 tensors cost as much
+    as the convolutions themselves on the CPU (docs/dtb.md, "Speed")."""
+    return (FUSED_INFERENCE and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+            and (x.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+#: run CPU inference through fused oneDNN convolutions (off: the plain PyTorch ops, same math)
+FUSED_INFERENCE = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def conv(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, act: str | None = None,
+         add: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(layer(x) + add)`` (``act``: None, "relu" or "tanh"; ``add``: Conv2d only), one oneDNN call where
+    :func:`_fusable`, the plain ops otherwise."""
+    if not _fusable(x):
+        y = layer(x)
+        if add is not None:
+            y = y + add
+        return {"relu": F.relu, "tanh": torch.tanh, None: lambda t: t}[act](y)
+    dtype = _compute_dtype(x, layer.weight.dtype)
+    x = x.to(dtype)
+    wt = layer.weight.to(dtype)
+    bias = layer.bias.to(dtype) if layer.bias is not None else None
+    geom = (list(layer.padding), list(layer.stride), list(layer.dilation))
+    mk = torch.ops.mkldnn
+    if isinstance(layer, nn.ConvTranspose2d):
+        if add is not None:
+            raise ValueError("conv: no fused add for a transposed convolution")
+        return mk._convolution_transpose_pointwise(x, wt, bias, geom[0], list(layer.output_padding), geom[1],
+                                                   geom[2], layer.groups, act or "none", [], "")
+    if add is not None:
+        if act is not None:
+            raise ValueError("conv: an activation after a fused add is not used here")
+        return mk._convolution_pointwise.binary(x, add.to(dtype), wt, bias, *geom, layer.groups, "add", 1.0, None,
+                                                [], None)
+    return mk._convolution_pointwise(x, wt, bias, *geom, layer.groups, act or "none", [], "")
+
+
 def reflect_index(i: int, length: int) -> int:
     """Index ``i`` mirrored into ``[0, length)`` without repeating the edge frame (-1 -> 1, T -> T-2)."""
     if length == 1:
@@ -234,6 +339,8 @@ def conv_flops_per_frame(model: DTBNet, height: int, width: int) -> int:
         else:
             total += 2 * out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
 
+    global FUSED_INFERENCE
+    fused, FUSED_INFERENCE = FUSED_INFERENCE, False  # the fused calls do not go through the modules' hooks
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
         h = height + (-height) % model.size_multiple
@@ -244,6 +351,7 @@ def conv_flops_per_frame(model: DTBNet, height: int, width: int) -> int:
         total = 0  # count a step with a previous state (the blending cell runs from the second frame on)
         model.step(window, state)
     finally:
+        FUSED_INFERENCE = fused
         for hd in handles:
             hd.remove()
     return total

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...blur import KERNEL_TYPES
+from ...tiles import check_tile
 
 #: Adam's peak rate by starting point: large first steps undo a learned start, a random one needs them (docs/fit.md)
 LEARNING_RATE = {"random": 6e-4, "learned": 3e-4}
@@ -42,9 +43,11 @@ class FitConfig:
     adaptation_steps: int | None = None  # MAML inner-update steps first (None: as meta-trained; MAML inits only)
     mixed_precision: str = "auto"  # "bf16", "no", or "auto" (vdiffdeblur.devices.resolve_precision)
     num_threads: int | str | None = "auto"  # a number, None (torch's setting) or "auto" (the idle cores: cpu_threads)
+    tile_size: int | str | None = "auto"  # deblur in tiles of this many px a side; "auto": vdiffdeblur.tiles.auto_tile
     seed: int = 0
 
     def __post_init__(self):
+        check_tile(self.tile_size)
         if self.kernel not in KERNEL_TYPES:
             raise ValueError(f"kernel must be one of {', '.join(KERNEL_TYPES)}, got {self.kernel!r}")
         if self.steps < 0 or self.batch_size < 1 or self.patch_size < 8 or self.every < 1:

@@ -18,12 +18,14 @@ from ...devices import resolve_device, resolve_precision
 from ...frames import NonFiniteOutputError, as_frames_tensor, check_finite, to_uint8_frames
 from ...losses import critic_loss, generator_adversarial_loss, patch_sharpness, reweight
 from ...sharpness import laplacian_variance
+from ...tiles import resolve_tile
 from .blur_lengths import LENGTH_GRID, blur_length_curve, estimate_noise_sigma, lengths_from_scores
 from .config import LEARNING_RATE, FitConfig
 from .initialisation import load_init, maml_adaptation
 from .patches import sample_patches
 from .scan import VideoScan, iter_video_frames, scan_video
 from .threads import cpu_threads
+from .tiles import tiled_residual
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,11 @@ class FitToTestDeblurrer:
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
+
+    def _inference_autocast(self):
+        """The deblurring pass: float32 on the CPU (as the fit's strength calibration measured it), the training
+        precision on GPUs, where float32 would be the slow path."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16 and self.device.type != "cpu")
 
     def frame_lengths(self, scores, indices=None) -> np.ndarray:
         """Estimated blur length (px) of frames with M_VL ``scores`` at positions ``indices`` of the video."""
@@ -239,8 +246,11 @@ class FitToTestDeblurrer:
         todo = (s.view(-1) > 0).nonzero().view(-1)
         if len(todo):
             self.unet.eval()
-            with cpu_threads(self.config.num_threads if self.device.type == "cpu" else None):
-                r = check_finite(self.unet.residual(x[todo].to(self.device)).float(), self.name, _DIVERGED).to(x)
+            tile = resolve_tile(self.config.tile_size, *x.shape[-2:])
+            with cpu_threads(self.config.num_threads if self.device.type == "cpu" else None), \
+                    self._inference_autocast():
+                r = tiled_residual(self.unet, x[todo].to(self.device), tile)
+            r = check_finite(r.float(), self.name, _DIVERGED).to(x)
             out[todo] = (x[todo] + s[todo] * r).clamp(0, 1)
         return out
 

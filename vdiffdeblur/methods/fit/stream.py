@@ -11,9 +11,14 @@ from .config import FitConfig
 from .deblurrer import FitToTestDeblurrer
 from .scan import scan_video
 
+#: pixels deblurred in one batch at most (four 1080p frames): larger frames go in smaller batches, so memory
+#: stays flat from 1080p to 4K
+BATCH_PIXELS = 4 * 1920 * 1088
+
 
 class FitStream:
-    """The per-frame stream of a fitted deblurrer: frames are deblurred in small batches as they arrive."""
+    """The per-frame stream of a fitted deblurrer: frames are deblurred in small batches as they arrive (up to
+    ``batch_size`` frames and :data:`BATCH_PIXELS` pixels)."""
 
     def __init__(self, deblurrer: FitToTestDeblurrer, batch_size: int = 4):
         self.deblurrer, self.batch_size = deblurrer, batch_size
@@ -33,7 +38,7 @@ class FitStream:
         out = []
         for frame in frame_list(frames):
             self.buf.append(frame)
-            if len(self.buf) >= self.batch_size:
+            if len(self.buf) >= max(1, min(self.batch_size, BATCH_PIXELS // (frame.shape[0] * frame.shape[1]))):
                 out += self._run()
         return out
 
@@ -51,6 +56,8 @@ def make_stream(source, info, run, opts) -> FitStream:
         cfg = replace(cfg, learning_rate=opts.learning_rate)
     if run.threads is not None:  # the user's --threads wins over the load-based "auto"
         cfg = replace(cfg, num_threads=run.threads)
+    if opts.tile_size is not None:
+        cfg = replace(cfg, tile_size=opts.tile_size)
     deblurrer = FitToTestDeblurrer(init=opts.init or "maml", config=cfg, vgg_weights=opts.vgg_weights,
                                    device=run.device, progress=not run.quiet)
     deblurrer.fit(scan_video(source, cfg.every, progress=not run.quiet))
