@@ -217,3 +217,16 @@ def test_default_threads_rule(monkeypatch):
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_output_names(tmp_path):
+    from vdiffdeblur.methods.batch import output_name
+
+    (tmp_path / "take.v2").mkdir()  # a frame folder with a dot in its name
+    for name in ("clip.MOV", "clip.mts", "still.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert output_name(tmp_path / "take.v2") == ("take.v2", "")
+    assert output_name(tmp_path / "clip.MOV") == ("clip", ".MOV")
+    assert output_name(tmp_path / "clip.mts") == ("clip", ".mp4")  # a suffix the writer does not take
+    assert output_name(tmp_path / "still.png", ".mkv") == ("still", ".mkv")
+    assert output_name(tmp_path / "clip.MOV", "folder") == ("clip", "")

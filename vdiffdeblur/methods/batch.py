@@ -1,11 +1,11 @@
 """Many videos in one run: one output per input in a folder, resumable, a summary JSON, split across processes.
 
 Output names: the input's stem plus ``suffix`` (default: the input's own suffix when it is a video suffix; a frame
-folder gives a PNG folder; a single image gives ``.mp4``). A finished output (its final name exists: outputs are
-renamed only when complete) is skipped; a partial one (a hidden temporary left by a killed run) is removed and
-redone. Under ``accelerate launch`` (or torchrun) the videos are split between the processes with Accelerate's
-``PartialState().split_between_processes``, one GPU per process when there are GPUs; the main process writes the
-summary with every video and the process that did it.
+folder gives a PNG folder; any other file, such as an image, ``.mp4``). A finished output (its final name exists:
+outputs are renamed only when complete) is skipped; a partial one (a hidden temporary left by a killed run) is
+removed and redone. Under ``accelerate launch`` (or torchrun) the videos are split between the processes with
+Accelerate's ``PartialState().split_between_processes``, one GPU per process when there are GPUs; the main process
+writes the summary with every video and the process that did it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..outputs import OutputError, check_output, same_file, writing_atomically
-from ..video import IMAGE_SUFFIXES, WRITE_SUFFIXES, probe
+from ..video import WRITE_SUFFIXES, probe
 from .options import split_options
 
 logger = logging.getLogger(__name__)
@@ -47,21 +47,16 @@ class VideoRecord:
         return d | self.extra
 
 
-def output_name(source, suffix: str | None = None) -> str:
-    """The output's name in the folder: the input's stem plus ``suffix`` (see the module's rule)."""
+def output_name(source, suffix: str | None = None) -> tuple[str, str]:
+    """The output's stem and suffix in the folder (see the module's rule)."""
     src = Path(source)
+    if src.is_dir():
+        stem, own = src.name, ""
+    else:
+        stem, own = src.stem, (src.suffix if src.suffix.lower() in WRITE_SUFFIXES else ".mp4")
     if suffix is None:
-        if src.is_dir():
-            suffix = ""
-        elif src.suffix.lower() in WRITE_SUFFIXES:
-            suffix = src.suffix
-        else:
-            suffix = ".mp4"
-    elif suffix == FOLDER:
-        suffix = ""
-    stem = src.name if src.is_dir() else (src.stem if src.suffix.lower() in WRITE_SUFFIXES | IMAGE_SUFFIXES
-                                          else src.name)
-    return stem + suffix
+        return stem, own
+    return stem, "" if suffix == FOLDER else suffix
 
 
 def check_suffix(suffix: str | None) -> str | None:
@@ -88,15 +83,14 @@ def plan(inputs, out_dir, suffix: str | None = None, overwrite: bool = False) ->
     for src in map(Path, inputs):
         if not src.exists():
             raise FileNotFoundError(2, "No such file or directory", str(src))
-        name = output_name(src, suffix)
-        stem = Path(name).stem if Path(name).suffix else name
+        stem, ext = output_name(src, suffix)
         if stem in by_stem:
             other = by_stem[stem]
             what = "are the same input" if same_file(other, src) else f"have the same name {stem!r}"
             raise ValueError(f"{other} and {src} {what}: their outputs in {out_dir} would clash (give each "
                              "once; rename one or deblur it in another run)")
         by_stem[stem] = src
-        out = out_dir / name
+        out = out_dir / (stem + ext)
         exists = out.exists() or out.is_symlink()
         # an existing output is checked as if it were to be replaced, so that what is skipped is this tool's kind
         check_output(out, inputs=inputs, overwrite=True)
