@@ -4,6 +4,7 @@ VAE trainer, the starting pipeline, and the shipped folder itself (loads, deblur
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,74 @@ def test_residual_scale_divides_the_denoised_residual_and_scales_the_target():
     out = compute_losses(_Echo(target), scaled.vae, sched, blurry, sharp, w, torch.Generator().manual_seed(9),
                          timesteps=t)
     assert float(out["diffusion"]) > 1e-6
+
+
+def test_vae_crop_augmentation_turns_and_tints_the_same_crop(tmp_path):
+    from vdiffdeblur.trainer.vae import load_photos, random_crops
+
+    photos = load_photos(("camera",))
+    for seed in range(6):
+        plain = random_crops(photos, 1, 16, (0.3, 1.0), np.random.default_rng(seed))[0].numpy()
+        turned = random_crops(photos, 1, 16, (0.3, 1.0), np.random.default_rng(seed), rotate=True)[0].numpy()
+        # the same draws first, then a vertical flip and/or a quarter turn of that crop
+        variants = [np.rot90(v, k, axes=(1, 2)) for v in (plain, plain[:, ::-1]) for k in (0, 1)]
+        assert any(np.array_equal(turned, v) for v in variants)
+        tinted = random_crops(photos, 1, 16, (0.3, 1.0), np.random.default_rng(seed), color_jitter=0.2)[0].numpy()
+        assert tinted.min() >= 0 and tinted.max() <= 1
+        gain = tinted.sum((1, 2)) / plain.sum((1, 2))
+        assert np.all((gain > 0.79) & (gain < 1.21)) and np.ptp(gain) > 1e-4
+    with pytest.raises(ValueError, match="color_jitter"):
+        _vae_cfg(tmp_path, color_jitter=1.5)
+
+
+def test_vae_losses_mode_is_deterministic_and_edge_term_adds_in(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from vdiffdeblur.trainer.vae import vae_losses
+
+    cfg = _vae_cfg(tmp_path)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**cfg.vae_config())
+    x = torch.rand(2, 3, 16, 16)
+
+    def loss(seed, **kw):
+        c = _vae_cfg(tmp_path, **kw)
+        return vae_losses(vae, x, c, torch.Generator().manual_seed(seed))
+
+    assert loss(0)["loss"] != loss(1)["loss"]  # a posterior sample
+    a, b = loss(0, sample_posterior=False), loss(1, sample_posterior=False)
+    assert a["loss"] == b["loss"] and "edge" not in a
+    e = loss(0, sample_posterior=False, edge_weight=0.5)
+    assert e["edge"] > 0
+    torch.testing.assert_close(e["loss"], a["loss"] + 0.5 * e["edge"])
+
+
+def test_vae_trainer_logs_eval_psnr_per_photo_every_eval_steps(tmp_path):
+    from vdiffdeblur.trainer.vae import train_vae
+
+    train_vae(_vae_cfg(tmp_path, eval_steps=2, eval_photos=("coins", "chelsea"), checkpointing_steps=0,
+                       rotate=True, color_jitter=0.1, sample_posterior=False))
+    log = json.loads((tmp_path / "vae" / "training_log.json").read_text())
+    evals = [e for e in log if "eval_psnr" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    for e in evals:
+        assert set(e["eval_psnr_per_photo"]) == {"coins", "chelsea"}
+        assert e["eval_psnr"] == pytest.approx(np.mean(list(e["eval_psnr_per_photo"].values())))
+
+
+def test_vae_f4c16_recipe_is_the_shipped_vae_with_16_channels_trained_longer():
+    from vdiffdeblur.trainer import recipes as R
+    from vdiffdeblur.trainer.vae import vae_cli
+
+    recipe = R.load_recipe("diffusion_vae")
+    (stage,) = recipe.stages
+    assert stage.script == "training/train_vae.py" and stage.config == "vae_f4c16.yaml"
+    cli = vae_cli()
+    new = cli.parse(["--config", str(R.CONFIGS / "vae_f4c16.yaml")])
+    old = cli.parse(["--config", str(R.CONFIGS / "small_vae.yaml")])
+    changed = {k for k, v in vars(new).items() if getattr(old, k) != v}
+    assert changed == {"output_dir", "latent_channels", "max_train_steps", "checkpointing_steps", "eval_steps"}
+    assert new.latent_channels == 16 and 2 ** (len(new.block_out_channels) - 1) == 4
+    assert new.lr_scheduler == "constant_with_warmup"  # stopping at a checkpoint and going on is one run
+    argv = R.trainer_argv(recipe, recipe.models[0], stage, Path("w"), resume=True)
+    assert argv[-2:] == ["--resume_from_checkpoint", "latest"]

@@ -45,6 +45,9 @@ class VAETrainConfig:
     crop: int = 64
     scale_range: tuple = (0.3, 1.0)
     batch_size: int = 8
+    # augmentation beyond the horizontal flip (off: the shipped VAE's crops, draw for draw)
+    rotate: bool = False  # also a random vertical flip and 90-degree turn
+    color_jitter: float = 0.0  # each channel's gain drawn from [1 - j, 1 + j], then clipped to [0, 1]
     # optimisation
     max_train_steps: int = 3000
     learning_rate: float = 1e-3
@@ -52,23 +55,28 @@ class VAETrainConfig:
     lr_scheduler: str = "cosine"
     kl_weight: float = 1e-6
     l1_weight: float = 0.1
+    edge_weight: float = 0.0  # L1 between the horizontal/vertical differences of the round trip and the crop
+    sample_posterior: bool = True  # decode a posterior sample while training (False: its mode, as at eval)
     max_grad_norm: float = 1.0
     num_threads: int = 0
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 2  # complete checkpoints kept (None: all)
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     scaling_batches: int = 16  # batches of crops whose latent std sets scaling_factor
+    eval_steps: int = 500  # EVAL reconstruction PSNR every this many steps (and at the end)
 
     def __post_init__(self):
         for name in ("photos", "eval_photos", "eval_size", "block_out_channels", "scale_range"):
             setattr(self, name, tuple(getattr(self, name)))
         check_training_photos(self.photos)
-        for name in ("max_train_steps", "batch_size", "crop", "latent_channels", "scaling_batches"):
+        for name in ("max_train_steps", "batch_size", "crop", "latent_channels", "scaling_batches", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         m = 2 ** (len(self.block_out_channels) - 1)
         if self.crop % m:
             raise ValueError(f"crop {self.crop} must be a multiple of the VAE factor {m}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
 
     def vae_config(self) -> dict:
         n = len(self.block_out_channels)
@@ -93,9 +101,10 @@ def load_photos(names) -> list[np.ndarray]:
 
 
 def random_crops(photos: list[np.ndarray], batch: int, crop: int, scale_range,
-                 rng: np.random.Generator) -> torch.Tensor:
+                 rng: np.random.Generator, rotate: bool = False, color_jitter: float = 0.0) -> torch.Tensor:
     """`batch` crops (B, 3, crop, crop) in [0, 1]: a random photo, rescaled by a random factor (area
-    interpolation), a random crop, a random horizontal flip."""
+    interpolation), a random crop, a random horizontal flip; with `rotate` also a random vertical flip and
+    90-degree turn, with `color_jitter` a random gain per channel."""
     out = np.empty((batch, crop, crop, 3), np.float32)
     for b in range(batch):
         img = photos[int(rng.integers(len(photos)))]
@@ -107,7 +116,12 @@ def random_crops(photos: list[np.ndarray], batch: int, crop: int, scale_range,
         h, w = img.shape[:2]
         y, x = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
         patch = img[y:y + crop, x:x + crop]
-        out[b] = patch[:, ::-1] if rng.random() < 0.5 else patch
+        patch = patch[:, ::-1] if rng.random() < 0.5 else patch
+        if rotate:
+            patch = np.rot90(patch[::-1] if rng.random() < 0.5 else patch, int(rng.integers(2)))
+        if color_jitter:
+            patch = np.clip(patch * rng.uniform(1 - color_jitter, 1 + color_jitter, 3).astype(np.float32), 0, 1)
+        out[b] = patch
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -149,14 +163,23 @@ def latent_std(vae, photos, cfg: VAETrainConfig) -> float:
 
 # --------------------------------------------------------------------------------------------- training
 def vae_losses(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generator) -> dict:
-    """x (B, 3, H, W) in [0, 1] -> {"loss", "mse", "l1", "kl"} of a round trip through a posterior sample."""
+    """x (B, 3, H, W) in [0, 1] -> {"loss", "mse", "l1", "kl", "edge"} of a round trip through a posterior
+    sample (or its mode, without `cfg.sample_posterior`)."""
     post = vae.encode(x * 2 - 1).latent_dist
-    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean)
+    z = post.mean
+    if cfg.sample_posterior:
+        z = z + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean)
     rec = (vae.decode(z).sample + 1) / 2
     mse = torch.nn.functional.mse_loss(rec, x)
     l1 = (rec - x).abs().mean()
     kl = post.kl().mean() / x[0].numel()
-    return {"loss": mse + cfg.l1_weight * l1 + cfg.kl_weight * kl, "mse": mse, "l1": l1, "kl": kl}
+    loss = mse + cfg.l1_weight * l1 + cfg.kl_weight * kl
+    out = {"mse": mse, "l1": l1, "kl": kl}
+    if cfg.edge_weight:
+        d = rec - x
+        out["edge"] = (d[..., 1:, :] - d[..., :-1, :]).abs().mean() + (d[..., 1:] - d[..., :-1]).abs().mean()
+        loss = loss + cfg.edge_weight * out["edge"]
+    return {"loss": loss, **out}
 
 
 def train_vae(cfg: VAETrainConfig) -> dict:
@@ -193,13 +216,15 @@ def train_vae(cfg: VAETrainConfig) -> dict:
         history = read_history(out / "training_log.json", step)
         logger.info("resumed from %s at step %d", resume, step)
 
-    t0 = time.perf_counter()
+    # a resumed run's elapsed time goes on from where its log stopped, so the curve's time axis is the run's
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     vae.train()
     running = []
     with tqdm(total=cfg.max_train_steps, initial=step, desc="train VAE", unit="step") as bar:
         while step < cfg.max_train_steps:
             rng = np.random.default_rng(step_seed(cfg.seed, step))
-            x = random_crops(photos, cfg.batch_size, cfg.crop, cfg.scale_range, rng).to(accelerator.device)
+            x = random_crops(photos, cfg.batch_size, cfg.crop, cfg.scale_range, rng, cfg.rotate,
+                             cfg.color_jitter).to(accelerator.device)
             g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 1))
             losses = vae_losses(vae, x, cfg, g)
             accelerator.backward(losses["loss"])
@@ -212,15 +237,16 @@ def train_vae(cfg: VAETrainConfig) -> dict:
             running.append(losses["mse"].item())
             bar.update(1)
             bar.set_postfix(mse=f"{np.mean(running[-50:]):.5f}")
-            if step % 100 == 0 or step == cfg.max_train_steps:
+            if step % 100 == 0 or step % cfg.eval_steps == 0 or step == cfg.max_train_steps:
                 entry = {"step": step, "train_mse": float(np.mean(running[-100:])),
                          "train_psnr": float(-10 * np.log10(max(np.mean(running[-100:]), 1e-10))),
                          "lr": float(lr_scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0}
-                if step % 500 == 0 or step == cfg.max_train_steps:
+                if step % cfg.eval_steps == 0 or step == cfg.max_train_steps:
                     vae.eval()
                     ps = reconstruction_psnr(accelerator.unwrap_model(vae), evals)
                     vae.train()
                     entry["eval_psnr"] = float(np.mean(list(ps.values())))
+                    entry["eval_psnr_per_photo"] = ps
                     logger.info("step %d: train MSE %.5f, EVAL reconstruction PSNR %.2f dB", step,
                                 entry["train_mse"], entry["eval_psnr"])
                 history.append(entry)
