@@ -41,8 +41,11 @@ def _run_steps(net, clip, tile):
 
 # ------------------------------------------------------------------------------------- tiles
 def test_spans_cover_the_axis_once_with_clipped_halos():
-    got = list(spans(70, 32, 10))
-    assert got == [(0, 32, 0, 42), (32, 64, 22, 70), (64, 70, 54, 70)]
+    assert list(spans(70, 32, 10)) == [(0, 24, 0, 34), (24, 48, 14, 58), (48, 70, 38, 70)]  # 3 equal cores, even
+    assert [s[:2] for s in spans(1080, 1024, 48)] == [(0, 540), (540, 1080)]
+    assert [s[:2] for s in spans(9, 4, 1, align=1)] == [(0, 3), (3, 6), (6, 9)]
+    assert list(spans(100, 32, 20, align=16)) == [(0, 32, 0, 64), (32, 64, 0, 96), (64, 96, 32, 100),
+                                                  (96, 100, 64, 100)]  # on a stride-16 grid
     assert resolve_tile("auto", 1080, 1920) is None and resolve_tile("auto", 2160, 3840) == auto_tile(2160, 3840)
     assert resolve_tile(64, 60, 64) is None and resolve_tile(64, 60, 65) == 64
     for bad in (0, -3, 2.5, True, "big"):

@@ -30,9 +30,15 @@ def check_tile(tile):
     return tile
 
 
-def spans(length: int, tile: int, halo: int):
-    """``(core start, core end, read start, read end)`` along one axis: cores of ``tile`` pixels that cover
-    ``[0, length)``, each read with ``halo`` pixels more on both sides, clipped to the frame."""
-    for a in range(0, length, tile):
-        b = min(a + tile, length)
+def spans(length: int, tile: int, halo: int, align: int = 2):
+    """``(core start, core end, read start, read end)`` along one axis: as few cores of about ``tile`` pixels as
+    cover ``[0, length)``, of equal size (a last short one would cost as much halo as a full one), each read with
+    ``halo`` pixels more on both sides, clipped to the frame. Cores and reads start at multiples of ``align``
+    (a network's stride grid: a tile read off the grid would not compute what the whole frame does)."""
+    halo += -halo % align
+    n = -(-length // tile)
+    core = -(-length // n)
+    core += -core % align
+    for a in range(0, length, core):
+        b = min(a + core, length)
         yield a, b, max(0, a - halo), min(length, b + halo)

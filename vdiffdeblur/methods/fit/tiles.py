@@ -12,15 +12,15 @@ from ...tiles import spans
 HALO = 128
 
 
-def tiles(height: int, width: int, tile: int | None, halo: int = HALO):
-    """``(core, read, core within read)`` slice pairs (rows, columns) of the tiles of a frame; one tile, the
-    whole frame, when ``tile`` is None."""
+def tiles(height: int, width: int, tile: int | None, halo: int = HALO, align: int = 1):
+    """``(core, read, core within read)`` slice pairs (rows, columns) of the tiles of a frame, starting at
+    multiples of ``align``; one tile, the whole frame, when ``tile`` is None."""
     if tile is None:
         whole = (slice(0, height), slice(0, width))
         yield whole, whole, whole
         return
-    for y0, y1, ry0, ry1 in spans(height, tile, halo):
-        for x0, x1, rx0, rx1 in spans(width, tile, halo):
+    for y0, y1, ry0, ry1 in spans(height, tile, halo, align):
+        for x0, x1, rx0, rx1 in spans(width, tile, halo, align):
             yield ((slice(y0, y1), slice(x0, x1)), (slice(ry0, ry1), slice(rx0, rx1)),
                    (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0)))
 
@@ -30,7 +30,7 @@ def tiled_residual(unet, x: torch.Tensor, tile: int | None, halo: int = HALO) ->
     """``unet.residual(x)`` for frames (N, 3, H, W), computed on tiles of ``tile`` pixels a side (None: the whole
     frame, exactly ``unet.residual(x)``)."""
     out = None
-    for (cy, cx), (ry, rx), (iy, ix) in tiles(*x.shape[-2:], tile, halo):
+    for (cy, cx), (ry, rx), (iy, ix) in tiles(*x.shape[-2:], tile, halo, unet.size_multiple):
         r = unet.residual(x[..., ry, rx])
         if tile is None:
             return r
