@@ -277,8 +277,9 @@ def _compute_dtype(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.dtype:
 def _fusable(x: torch.Tensor) -> bool:
     """Whether the convolutions on ``x`` can run as single oneDNN calls with the activation (or the residual sum)
     fused in: CPU inference in float32 or bfloat16. Separate ReLU and add passes over bfloat16 tensors cost as much
-    as the convolutions themselves on the CPU (docs/dtb.md, "Speed")."""
+    as the convolutions themselves on the CPU (docs/dtb.md, "Speed"); torch.compile gets the plain ops."""
     return (FUSED_INFERENCE and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # torch.compile fuses the plain ops itself
             and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
             and (x.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
