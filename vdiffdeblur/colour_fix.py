@@ -27,11 +27,13 @@ def _planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
 
 
 def _dilated_blur(planes: torch.Tensor, dilation: int) -> torch.Tensor:
-    """3x3 binomial blur with holes (the à trous wavelet's scaling filter), edges replicated."""
-    k = torch.tensor([1.0, 2.0, 1.0], dtype=planes.dtype, device=planes.device)
-    kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
+    """3x3 binomial blur with holes (the à trous wavelet's scaling filter), edges replicated; separable, as shifted
+    sums (a 1-channel dilated conv2d is about 20x slower on the CPU)."""
+    d = dilation
     # replicate padding (unlike reflect) takes any width, so every level works on frames smaller than its reach
-    return F.conv2d(F.pad(planes, [dilation] * 4, mode="replicate"), kernel, dilation=dilation)
+    p = F.pad(planes, [d] * 4, mode="replicate")
+    p = (p[..., :-2 * d] + 2 * p[..., d:-d] + p[..., 2 * d:]) / 4
+    return (p[..., :-2 * d, :] + 2 * p[..., d:-d, :] + p[..., 2 * d:, :]) / 4
 
 
 def wavelet_low(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
@@ -46,8 +48,9 @@ def wavelet_low(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
 def wavelet_color_fix(output: torch.Tensor, reference: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
     """`output`'s high frequencies plus `reference`'s low frequencies (same shape, computed in float32)."""
     _check_pair(output, reference)
-    out, ref = output.float(), reference.float()
-    return (out - wavelet_low(out, levels) + wavelet_low(ref, levels)).to(output.dtype)
+    out = output.float()
+    # the blur is linear: out - low(out) + low(ref) == out - low(out - ref), one decomposition instead of two
+    return (out - wavelet_low(out - reference.float(), levels)).to(output.dtype)
 
 
 def adain_color_fix(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
