@@ -4,6 +4,7 @@ docs/benchmarks.md with PNG plots.
     python scripts/benchmark.py                       # all methods, 4 held-out photos x 2 seeds, 40 frames 320x240
     python scripts/benchmark.py --methods transfer transfer+guard --seeds 0 --frames 24 --out /tmp/bench
     python scripts/benchmark.py --motion layered      # objects moving over the photos instead (docs/layered/)
+    python scripts/benchmark.py --motion objects      # the same, the camera only panning (docs/objects/)
 
 Each method runs in its own process (so its peak memory is its own) through the same path as
 `vdiffdeblur deblur` (or, for the baselines, frame by frame). Methods whose model is not available are
@@ -95,9 +96,10 @@ def make_clips(root: Path, photos, seeds, frames: int, size: tuple[int, int], mo
         for seed in seeds:
             d = root / f"{photo}_s{seed}"
             d.mkdir(parents=True, exist_ok=True)
-            if motion == "layered":
-                c = synthesize_layered([f"builtin:{photo}"], LayeredConfig(num_frames=frames, width=size[0],
-                                                                           height=size[1]), seed=seed)
+            if motion in ("layered", "objects"):
+                cfg = LayeredConfig(num_frames=frames, width=size[0], height=size[1])
+                cfg = cfg.steady_camera() if motion == "objects" else cfg
+                c = synthesize_layered([f"builtin:{photo}"], cfg, seed=seed)
             else:
                 c = synthesize_shake(f"builtin:{photo}", ShakeConfig(num_frames=frames, width=size[0],
                                                                      height=size[1]), seed=seed)
@@ -203,7 +205,8 @@ def write_markdown(path: Path, summary: list[dict], missing: dict, args, pngs: l
              f"Clips: held-out built-in photos {', '.join(args.photos)} x seeds {', '.join(map(str, args.seeds))}, "
              f"{args.frames} frames {args.size}, "
              + ("layered scenes, objects cut from the photo and procedural ones moving on their own over it with "
-                "occlusion (`vdiffdeblur.data.layered`)." if args.motion == "layered" else
+                "occlusion (`vdiffdeblur.data.layered`" + (", the camera only panning)." if args.motion == "objects"
+                                                          else ").") if args.motion != "shake" else
                 "synthetic camera shake (`vdiffdeblur.data.synthetic`).")
              + " \"Hard third\": the blurriest third of each clip's frames by the known "
              "blur extent. Gains are against the blurry input. \"Worse\": frames that lost more than 0.3 dB. "
@@ -239,10 +242,11 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--size", default="320x240")
-    p.add_argument("--motion", choices=["shake", "layered"], default="shake",
-                   help="camera shake of each photo, or objects moving on their own over it")
-    p.add_argument("--out", help="folder for benchmarks.md and the plots (default: docs/; docs/layered/ with "
-                                 "--motion layered)")
+    p.add_argument("--motion", choices=["shake", "layered", "objects"], default="shake",
+                   help="camera shake of each photo, or objects moving on their own over it (objects: the camera "
+                        "only pans)")
+    p.add_argument("--out", help="folder for benchmarks.md and the plots (default: docs/; docs/MOTION/ with "
+                                 "--motion layered or objects)")
     p.add_argument("--fresh", action="store_true", help="drop the rows of methods not run this time")
     p.add_argument("--_worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -250,7 +254,7 @@ def main() -> int:
         print(json.dumps(worker(a._worker[0], a._worker[1:])))
         return 0
     size = tuple(int(v) for v in a.size.split("x"))
-    out_dir = Path(a.out or (ROOT / "docs" / ("layered" if a.motion == "layered" else "")))
+    out_dir = Path(a.out or (ROOT / "docs" / ("" if a.motion == "shake" else a.motion)))
     out_dir.mkdir(parents=True, exist_ok=True)
     setup = {"photos": a.photos, "seeds": a.seeds, "frames": a.frames, "size": a.size}
     if a.motion != "shake":  # (shake runs keep the setup their earlier records were written with)

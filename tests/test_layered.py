@@ -73,6 +73,7 @@ def test_a_static_scene_is_not_blurred():
     assert np.abs(clip.blurry.astype(int) - clip.sharp.astype(int)).max() <= 1
     np.testing.assert_allclose(clip.blur_extent, 0.0, atol=1e-6)
     np.testing.assert_allclose(clip.blur_extent_max, 0.0, atol=1e-6)
+    np.testing.assert_allclose(clip.camera_extent, 0.0, atol=1e-6)
 
 
 def test_blur_extent_grows_with_speed():
@@ -84,8 +85,19 @@ def test_blur_extent_grows_with_speed():
     ext_mean = [float(c.blur_extent[1]) for c in clips]
     assert 0 < ext_max[0] < ext_max[1] < ext_max[2] and ext_max[2] > 5 * ext_max[0]
     assert ext_mean[0] < ext_mean[1] < ext_mean[2]
+    assert max(c.camera_extent[1] for c in clips) < 1e-6  # all of it is the objects' own motion
     quality = [float(psnr(c.blurry[1:2], c.sharp[1:2])[0]) for c in clips]
     assert quality[0] > quality[1] > quality[2]  # faster objects, blurrier frames
+
+
+def test_steady_camera_only_pans():
+    photos = _photos()
+    shaky = [synthesize_layered(photos, _tiny(num_frames=8, still_camera_fraction=0.0), seed=s) for s in (0, 1)]
+    steady = [synthesize_layered(photos, _tiny(num_frames=8).steady_camera(), seed=s) for s in (0, 1)]
+    pan_reach = 1.2 * 0.5 + 0.01  # the fastest pan over half a frame interval
+    assert all(c.camera_extent.max() <= pan_reach for c in steady)
+    assert all(c.camera_extent.max() > pan_reach for c in shaky)
+    assert all(c.blur_extent.max() > c.camera_extent.max() for c in steady)  # the objects still move
 
 
 def test_objects_and_background_come_only_from_the_photos_given():
@@ -181,3 +193,9 @@ def test_synth_layered_writes_a_clip_whose_extent_eval_uses(tmp_path, capsys):
     assert main(["eval", str(out / "blur.mkv"), str(out / "sharp"), "--json", str(js), "--no-ewarp"]) == 0
     hard = json.loads(js.read_text())["hard_frames"]
     assert hard == [int(np.argmax(expected.blur_extent))]
+    assert main(["synth", "builtin:coffee", "-o", str(tmp_path / "objects"), "--motion", "objects", "--frames", "3",
+                 "--size", "48x40", "--seed", "1"]) == 0
+    steady = synthesize_layered(["builtin:coffee"], LayeredConfig(num_frames=3, width=48, height=40).steady_camera(),
+                                seed=1)
+    meta = json.loads((tmp_path / "objects" / "meta.json").read_text())
+    np.testing.assert_allclose(meta["camera_extent"], steady.camera_extent, atol=1e-3)

@@ -82,10 +82,11 @@ def cmd_synth(args) -> int:
     out = Path(args.output)
     check_output(out, overwrite=args.overwrite, kind="synth")
     w, h = args.size
-    if args.motion == "layered":
+    if args.motion in ("layered", "objects"):
         from .data.layered import LayeredConfig, synthesize_layered
 
         cfg = LayeredConfig(num_frames=args.frames, width=w, height=h, fps=args.fps)
+        cfg = cfg.steady_camera() if args.motion == "objects" else cfg
         clip = synthesize_layered([args.photo], cfg, seed=args.seed, progress=True)
     else:
         clip = synthesize_shake(args.photo, ShakeConfig(num_frames=args.frames, width=w, height=h, fps=args.fps),
@@ -245,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float_from(0, inclusive=False), default=30.0,
                    help="frame rate, > 0 (default: %(default)g)")
     s.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2^32-1 (default: %(default)s)")
-    s.add_argument("--motion", choices=["shake", "layered"], default="shake",
+    s.add_argument("--motion", choices=["shake", "layered", "objects"], default="shake",
                    help="shake: camera shake of the photo; layered: objects cut from it (and procedural ones) "
-                        "moving on their own over it, with occlusion (default: %(default)s)")
+                        "moving on their own over it, with occlusion, the camera shaking in most clips; objects: "
+                        "the same with a camera that only pans (default: %(default)s)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing output folder, if it holds only what synth writes")
     s.set_defaults(func=cmd_synth)

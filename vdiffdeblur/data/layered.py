@@ -80,6 +80,10 @@ class LayeredConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
+    def steady_camera(self) -> "LayeredConfig":
+        """Objects moving as before, the camera panning slowly without shake: blur beyond the pan is the objects'."""
+        return replace(self, still_camera_fraction=1.0)
+
     def still(self) -> "LayeredConfig":
         """The same scene kind with nothing moving on its own and no shake (the camera's slow pan stays)."""
         return replace(self, static_fraction=1.0, still_camera_fraction=1.0)
@@ -188,6 +192,7 @@ class LayeredClip:
     blur_extent: np.ndarray  # (F,) the mean per-pixel path length during the exposure, px
     blur_extent_p90: np.ndarray  # (F,) its 90th percentile over the pixels
     blur_extent_max: np.ndarray  # (F,) its maximum
+    camera_extent: np.ndarray  # (F,) the same mean for the background alone: how much is the camera's
     owner: np.ndarray  # uint8 (F, H, W): which layer each sharp pixel shows (0 the background)
     subframe_times: list  # per frame, the times (frames) of the sub-frames averaged into it
     objects: list  # per object: {"source", "static", "top_speed"}
@@ -204,6 +209,7 @@ class LayeredClip:
         r = lambda a: [round(float(x), 4) for x in a]  # noqa: E731
         return {"motion": "layered", "fps": self.fps, "blur_extent": r(self.blur_extent),
                 "blur_extent_p90": r(self.blur_extent_p90), "blur_extent_max": r(self.blur_extent_max),
+                "camera_extent": r(self.camera_extent),
                 "subframes": [len(ts) for ts in self.subframe_times], "objects": self.objects,
                 "config": asdict(self.config)}
 
@@ -339,7 +345,7 @@ def synthesize_layered(photos, config: LayeredConfig | None = None, seed: int = 
     W, H = cfg.width, cfg.height
     half = cfg.exposure / 2
     blurry, sharp, owners, times = [], [], [], []
-    ext, ext_p90, ext_max = [], [], []
+    ext, ext_p90, ext_max, ext_cam = [], [], [], []
     step = 4
     for i in tqdm(range(cfg.num_frames), desc="layered clip", disable=not progress, leave=False):
         paths = scene.path_lengths(i - half, i + half, step=step)
@@ -357,6 +363,7 @@ def synthesize_layered(photos, config: LayeredConfig | None = None, seed: int = 
         ext.append(float(per_pixel.mean()))
         ext_p90.append(float(np.percentile(per_pixel, 90)))
         ext_max.append(float(per_pixel.max()))
+        ext_cam.append(float(paths[0].mean()))
         b = linear_to_srgb(acc / n_sub)
         b = b + rng.normal(0.0, cfg.noise_sigma, b.shape).astype(np.float32)
         blurry.append((np.clip(b, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -364,5 +371,6 @@ def synthesize_layered(photos, config: LayeredConfig | None = None, seed: int = 
         owners.append(own)
         times.append(ts)
     return LayeredClip(blurry=np.stack(blurry), sharp=np.stack(sharp), blur_extent=np.array(ext),
-                       blur_extent_p90=np.array(ext_p90), blur_extent_max=np.array(ext_max), owner=np.stack(owners),
+                       blur_extent_p90=np.array(ext_p90), blur_extent_max=np.array(ext_max),
+                       camera_extent=np.array(ext_cam), owner=np.stack(owners),
                        subframe_times=times, objects=info, fps=cfg.fps, config=cfg, scene=scene)
