@@ -67,19 +67,39 @@ def gradient_energy(gray: np.ndarray) -> np.ndarray:
     return gx * gx + gy * gy
 
 
-class PairMeasure:
-    """Aligns frame ``s`` onto frame ``t`` (and back) and measures how much sharper ``s`` is than ``t``."""
+def pooled_gradient_energy(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The gradient energy of a uint8 RGB frame at full size (as :func:`gradient_energy` of its
+    :func:`gray_float`), averaged over the pixels of a (w, h) ``size`` grid: fine detail, on a coarse grid."""
+    g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    e = cv2.accumulateSquare(gy, cv2.multiply(gx, gx))
+    return cv2.resize(e, size, interpolation=cv2.INTER_AREA) * np.float32(1 / 255.0 ** 2)
 
-    def __init__(self, gray_t: np.ndarray, gray_s: np.ndarray, flow_scale: float = 0.5):
+
+class PairMeasure:
+    """Aligns frame ``s`` onto frame ``t`` (and back) and measures how much sharper ``s`` is than ``t``.
+
+    With ``energy_t`` and ``energy_s`` (:func:`pooled_gradient_energy` of the full-size frames on the grid of the
+    grey frames) the sharpness compares those, aligned by the flow, instead of the grey frames' own gradients: the
+    frames are aligned at a working size and their sharpness judged at full size."""
+
+    def __init__(self, gray_t: np.ndarray, gray_s: np.ndarray, flow_scale: float = 0.5,
+                 energy_t: np.ndarray | None = None, energy_s: np.ndarray | None = None):
         from .flow import consistency, inside_mask, robust_flow, warp
 
         self.flow_ts = robust_flow(gray_s, gray_t, scale=flow_scale)  # t(p) ~ s(p + flow_ts(p))
         self.flow_st = robust_flow(gray_t, gray_s, scale=flow_scale)
         self.conf_t = consistency(self.flow_ts, self.flow_st) * inside_mask(self.flow_ts, 2)
         conf_s = consistency(self.flow_st, self.flow_ts) * inside_mask(self.flow_st, 2)
-        e_t, e_s = gradient_energy(gray_t), gradient_energy(gray_s)
-        e_s_on_t = gradient_energy(warp(gray_s, self.flow_ts, cv2.INTER_CUBIC))
-        e_t_on_s = gradient_energy(warp(gray_t, self.flow_st, cv2.INTER_CUBIC))
+        if energy_t is None:
+            e_t, e_s = gradient_energy(gray_t), gradient_energy(gray_s)
+            e_s_on_t = gradient_energy(warp(gray_s, self.flow_ts, cv2.INTER_CUBIC))
+            e_t_on_s = gradient_energy(warp(gray_t, self.flow_st, cv2.INTER_CUBIC))
+        else:  # pooled energies: warped as local means (linear interpolation keeps them >= 0)
+            e_t, e_s = energy_t, energy_s
+            e_s_on_t = warp(energy_s, self.flow_ts, cv2.INTER_LINEAR)
+            e_t_on_s = warp(energy_t, self.flow_st, cv2.INTER_LINEAR)
         m_t, m_s = (self.conf_t > 0.5), (conf_s > 0.5)
         self.overlap = float(min(m_t.mean(), m_s.mean()))
         eps = 1e-6

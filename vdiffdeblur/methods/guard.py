@@ -12,6 +12,11 @@ for input ``x``, with ``beta`` in [0, 1] from two independent pieces of evidence
   into the input is fitted (length, angle; in linear light). Its length is a second blur estimate of the
   frame, and where the re-blurred output does not match the input (invented texture, halos, colour
   shifts) the change is dropped locally.
+
+Frames whose long side exceeds ``work_size`` are measured (pairs, kernel fit, local consistency) on copies
+downscaled to it (:mod:`vdiffdeblur.workres`, lengths kept in full-size pixels); the weights are upscaled and the
+blend runs at full size. The pair measures come from :data:`vdiffdeblur.pair_cache.SHARED`, which the sharp-frame
+transfer fills with the same pairs of the same input frames.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import cv2
 import numpy as np
 
 from ..blur import blur_image, fit_linear_kernel, srgb_to_linear
+from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
+from ..workres import change_box, downscale, upscale_map, working_scale
 from .stream import FrameStream, frame_list, run
 
 
@@ -40,14 +47,24 @@ class GuardConfig:
     residual_tol: float = 0.035  # local re-blur mismatch (linear light) at which a change is dropped
     residual_sigma: float = 3.0
     fit_scale: float = 0.5  # the kernel is fitted at this scale, for speed
+    flow_scale: float = 0.5  # pairs are aligned at this scale
+    work_size: int = 480  # long side (px) above which frames are measured on a copy downscaled to it; 0: never
 
 
-def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: GuardConfig) -> tuple[np.ndarray, dict]:
-    """Per-pixel share (H, W) of the change ``y - x`` to keep, and the evidence behind it."""
+def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: GuardConfig,
+                  scale: float = 1.0) -> tuple[np.ndarray, dict]:
+    """Per-pixel share (H, W) of the change ``y - x`` to keep, and the evidence behind it. ``scale``: ``x`` and
+    ``y`` are copies of the frames downscaled by it (blur lengths stay in full-size pixels)."""
     x_lin = srgb_to_linear(x.astype(np.float32) / 255.0)
     y_lin = srgb_to_linear(y.astype(np.float32) / 255.0)
     xg, yg = x_lin.mean(-1), y_lin.mean(-1)
-    length, angle, k = fit_linear_kernel(yg, xg, cfg.kernel_lengths, cfg.kernel_angles, cfg.fit_scale)
+    if scale == 1:
+        length, angle, k = fit_linear_kernel(yg, xg, cfg.kernel_lengths, cfg.kernel_angles, cfg.fit_scale)
+    else:
+        lengths = tuple(length * scale for length in cfg.kernel_lengths)
+        length, angle, k = fit_linear_kernel(yg, xg, lengths, cfg.kernel_angles, min(1.0, cfg.fit_scale / scale),
+                                             fast=True)
+        length /= scale
     beta_rel = np.clip((-rel_sharpness - cfg.sharp_margin) / (cfg.blur_full - cfg.sharp_margin), 0, 1)
     beta_len = np.clip((length - cfg.blur_len_min) / (cfg.blur_len_full - cfg.blur_len_min), 0, 1)
     beta = float(max(beta_rel, beta_len))
@@ -64,6 +81,17 @@ def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: Guard
     return beta * local, info
 
 
+def _blend_box(x: np.ndarray, y: np.ndarray, w_small: np.ndarray) -> np.ndarray:
+    """x + w * (y - x) at full size with the working-size weights upscaled, only where they are non-zero."""
+    box = change_box(w_small, x.shape)
+    if box is None:
+        return x
+    w = upscale_map(w_small, x.shape)[box]
+    out = x.copy()
+    out[box] = cv2.blendLinear(y[box], x[box], w, 1.0 - w)
+    return out
+
+
 class DoNoHarmGuard:
     """A FrameStream around a method's stream: each frame that comes out is the method's output for it, kept only
     as far as the evidence supports (``radius`` frames of look-ahead on top of the method's own)."""
@@ -72,16 +100,17 @@ class DoNoHarmGuard:
         self.method = method
         self.cfg = config or GuardConfig()
         self.inputs: deque = deque()  # input frames whose method output has not come out yet
-        self.frames: deque = deque()  # (index, x, y, grey x)
+        self.frames: deque = deque()  # (index, x, y, grey x, WorkingFrame of x above the working size)
         self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
         self.n_in = self.n_out = 0
         self.log: list[dict] = []
 
     def _measure_new(self) -> None:
-        j, _, _, gj = self.frames[-1]
-        for i, _, _, gi in list(self.frames)[:-1]:
+        j, _, _, gj, wj = self.frames[-1]
+        for i, _, _, gi, wi in list(self.frames)[:-1]:
             if j - i in self.cfg.offsets:
-                m = PairMeasure(gi, gj)
+                m = (PairMeasure(gi, gj, self.cfg.flow_scale) if wj is None
+                     else SHARED.measure(wi, wj, self.cfg.flow_scale))
                 if m.overlap >= 0.05:
                     self.pairs[(i, j)] = (m.log_ratio, m.overlap)
 
@@ -91,10 +120,14 @@ class DoNoHarmGuard:
         lo = idx[0]
         pairs = [(i - lo, j - lo, d, w) for (i, j), (d, w) in self.pairs.items() if i in idx and j in idx]
         a = solve_log_sharpness(len(idx), pairs)
-        _, x, y, _ = next(f for f in self.frames if f[0] == t)
-        w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
-        out = (x if not w.any()
-               else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
+        _, x, y, _, work = next(f for f in self.frames if f[0] == t)
+        if work is None:
+            w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
+            out = (x if not w.any()
+                   else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
+        else:
+            w, info = guard_weights(work.small, downscale(y, work.scale), float(a[t - lo]), self.cfg, work.scale)
+            out = _blend_box(x, y, w)
         info["kept"] = float(w.mean())
         self.log.append(info)
         self.n_out += 1
@@ -106,7 +139,12 @@ class DoNoHarmGuard:
     def _add(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         if x.shape != y.shape:
             raise ValueError(f"guard: output frame {self.n_in} has shape {y.shape}, input {x.shape}")
-        self.frames.append((self.n_in, x, y, gray_float(x)))
+        s = working_scale(x.shape, self.cfg.work_size)
+        if s == 1:
+            self.frames.append((self.n_in, x, y, gray_float(x), None))
+        else:
+            work = SHARED.frame(x, s)
+            self.frames.append((self.n_in, x, y, work.gray, work))
         self._measure_new()
         self.n_in += 1
         ready = []
