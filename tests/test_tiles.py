@@ -133,6 +133,21 @@ def _unet():
     return unet
 
 
+def test_fit_pass_and_critic_follow_the_device_and_dtype():
+    from vdiffdeblur.losses import gradient_penalty
+
+    unet = _unet().to(device="meta", dtype=torch.bfloat16)
+    x = torch.empty(2, 3, 72, 100, device="meta", dtype=torch.bfloat16)
+    for tile in (None, 32):
+        r = tiled_residual(unet, x, tile)
+        assert r.device.type == "meta" and r.dtype == torch.bfloat16 and r.shape == x.shape
+    # the WGAN-GP penalty draws with the fit's CPU generator and still works on another device
+    critic = torch.nn.Conv2d(3, 1, 3).to("meta")
+    real = torch.empty(2, 3, 16, 16, device="meta")
+    gp = gradient_penalty(critic, real, real, generator=torch.Generator().manual_seed(0))
+    assert gp.device.type == "meta" and gp.shape == ()
+
+
 def test_fit_residual_in_tiles_matches_the_whole_frame():
     unet, x = _unet(), torch.rand(2, 3, 72, 100, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -70,7 +70,9 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
     """
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} samples differ in shape")
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
+    # drawn where the generator lives (the CPU), then moved: a CPU generator cannot draw on a GPU
+    gen_device = generator.device if generator is not None else real.device
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=gen_device, dtype=real.dtype).to(real.device)
     x = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     scores = critic(x)
     (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
