@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vdiffdeblur.devices import resolve_device
 from vdiffdeblur.methods.dtb import OnlineDeblurrer, load_dtb_model
 from vdiffdeblur.models.dtb import conv_flops_per_frame
 
@@ -93,12 +94,14 @@ def speed_worker(cfg: dict) -> dict:
     w, h = cfg["width"], cfg["height"]
     # every convolution's cost is proportional to the pixels: count at up to 640x480 (an untiled 4K step would not fit)
     flops = conv_flops_per_frame(model, min(h, 480), min(w, 640)) * (h * w) / (min(h, 480) * min(w, 640))
-    mm = {"bfloat16": matmul_gflops(device=device), "float32": matmul_gflops(dtype=torch.float32, device=device)}
+    n = cfg.get("matmul_size", 2048)
+    mm = {"bfloat16": matmul_gflops(n, device=device), "float32": matmul_gflops(n, dtype=torch.float32, device=device)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t = time_stream(model, w, h, cfg["frames"], cfg["precision"], cfg["compile"], cfg["layout"] == "channels_last",
                     cfg["tile"], device)
-    mm_after = {"bfloat16": matmul_gflops(device=device), "float32": matmul_gflops(dtype=torch.float32, device=device)}
+    mm_after = {"bfloat16": matmul_gflops(n, device=device),
+                "float32": matmul_gflops(n, dtype=torch.float32, device=device)}
     res = {**cfg, **t, "gflop_per_frame": flops / 1e9,
            "matmul_gflops": {k: {m: max(mm[k][m], mm_after[k][m]) for m in ("wall", "cpu")} for k in mm},
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
@@ -187,7 +190,7 @@ def _report_speed(row: dict) -> None:
     mm = row["matmul_gflops"]
     mem = f"peak RSS {row['peak_rss_mib']:.0f} MiB" + (f", GPU {row['peak_gpu_mib']:.0f} MiB"
                                                           if "peak_gpu_mib" in row else "")
-    logger.info("%dx%d %s %s%s%s, %d thread(s): %.3f s/frame (median %.3f) = %.2f fps; %.0f GFLOP/frame -> "
+    logger.info("%dx%d %s %s%s%s, %d thread(s): %.3f s/frame (median %.3f) = %.2f fps; %.1f GFLOP/frame -> "
                 "%.0f GFLOP/s wall (%.0f%% of bf16 matmul %.0f, fp32 matmul %.0f), %.0f GFLOP/s CPU time (%.0f%% of "
                 "%.0f); %s", row["width"], row["height"], row["precision"], row["layout"],
                 "" if row["fused"] else " plain ops", " compiled" if row["compile"] else "", row["threads"], wall,
@@ -199,7 +202,7 @@ def _report_speed(row: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="DTBNet folder (default: the shipped checkpoint)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     p.add_argument("--sizes", type=_size, nargs="+", default=[(640, 480), (1920, 1080)], help="WxH (default: "
                    "640x480 1920x1080)")
@@ -227,6 +230,11 @@ def main(argv=None) -> int:
         print(json.dumps(speed_worker(json.loads(args._worker))))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tile = None if args.tile == "none" else args.tile if args.tile == "auto" else int(args.tile)
 
     model = load_dtb_model(args.model)

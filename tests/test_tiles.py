@@ -179,3 +179,22 @@ def test_fit_deblur_uses_tiles_and_batches_by_pixels():
     stream.push([np.zeros((2160, 3840, 3), np.uint8)] * 2)
     stream.push([np.zeros((1080, 1920, 3), np.uint8)] * 4)
     assert runs == [1, 1, 4]
+
+
+# ------------------------------------------------------------------------------------- the benchmark
+def test_benchmark_worker_reports_speed_flops_and_memory():
+    from helpers import load_script
+
+    bench = load_script("benchmark_dtb")
+    row = bench.speed_worker({"model": None, "device": "cpu", "threads": 1, "width": 48, "height": 32, "frames": 2,
+                              "precision": "auto", "layout": "channels_last", "fused": True, "compile": False,
+                              "tile": 32, "matmul_size": 128})
+    assert len(row["wall"]) == len(row["cpu"]) == 2 and min(row["wall"]) > 0
+    assert row["precision"] in ("float32", "bfloat16")
+    from vdiffdeblur.methods.dtb import load_dtb_model
+    from vdiffdeblur.models.dtb import conv_flops_per_frame
+
+    assert row["gflop_per_frame"] == pytest.approx(conv_flops_per_frame(load_dtb_model(), 32, 48) / 1e9)
+    assert row["matmul_gflops"]["bfloat16"]["wall"] > 0 and row["peak_rss_mib"] > 0
+    if not torch.cuda.is_available():  # an unavailable device is one line and exit status 2, before any work
+        assert bench.main(["--device", "cuda", "--no-memory"]) == 2
