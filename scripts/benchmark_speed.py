@@ -130,6 +130,12 @@ def section(rows: list[dict], setup: dict) -> str:
              "wall time / cores. Peak MB: resident memory of the process (models included). Load: the machine's 1-min "
              "load average when the row was measured (a shared machine makes figures noisy).", ""]
     lines += table(rows)
+    have = {(r["method"], r["size"]) for r in rows}
+    missing = [f"{m} {s}" for m in METHODS for s in SIZES if (m, s) not in have]
+    if missing:
+        lines += ["", f"Not measured yet: {', '.join(missing)}."]
+    if not any(r["device"].startswith("cuda") for r in rows):
+        lines += ["", "Not measured yet on a GPU (`--device cuda`)."]
     lines += ["", END]
     return "\n".join(lines)
 
