@@ -100,6 +100,41 @@ def test_a_failing_video_is_reported_and_the_others_are_done(videos, tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == ["c.mp4", SUMMARY]
 
 
+def test_two_processes_each_do_their_share_and_the_main_one_writes_every_video(videos, tmp_path, monkeypatch):
+    """The split as two processes see it, run one after the other in this process (the real launch: the slow test
+    below); the second process's records reach the first through the gather."""
+    from vdiffdeblur.methods import batch
+
+    sent = []
+
+    class Two(batch._Processes):
+        def __init__(self):
+            self.state, self.index, self.count = None, rank, 2
+
+        def split(self, items):
+            k = (len(items) + 1) // 2  # accelerate's split: the first process takes the extra item
+            return list(items)[:k] if self.index == 0 else list(items)[k:]
+
+        def gather(self, records):
+            if self.index == 1:
+                sent.extend(records)
+                return records
+            return records + sent
+
+    monkeypatch.setattr(batch, "_Processes", Two)
+    out = tmp_path / "out"
+    inputs = [videos / n for n in ("a.mp4", "b.mkv", "c.mp4")]
+    for rank in (1, 0):
+        batch.deblur_many(inputs, out, options={"guard": False, "quiet": True, "lossless": True})
+        if rank == 1:
+            assert sorted(p.name for p in out.iterdir()) == ["c.mp4"]  # its share only, and no summary
+    s = _summary(out)
+    assert [(os.path.basename(v["input"]), v["status"], v["process"]) for v in s["videos"]] == [
+        ("a.mp4", "done", 0), ("b.mkv", "done", 0), ("c.mp4", "done", 1)]
+    assert s["processes"] == 2 and s["frames"] == 15
+
+
+@pytest.mark.slow
 def test_accelerate_launch_splits_the_videos_between_two_processes(videos, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
