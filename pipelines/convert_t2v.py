@@ -53,7 +53,7 @@ def ddim_from_base(scheduler_config: dict, prediction_type: str | None = None):
 
 def convert_text_to_video(t2v_dir, clip_path, *, open_clip_model: str | None = None, num_tokens: int = 4,
                           num_cond_frames: int = 1, prediction_type: str | None = None, seed: int = 0,
-                          variant: str | None = None):
+                          variant: str | None = None, prior_method: str | None = None):
     """Build the deblurring pipeline (float32, CPU) from a text-to-video folder and a CLIP vision tower.
 
     Args:
@@ -65,6 +65,8 @@ def convert_text_to_video(t2v_dir, clip_path, *, open_clip_model: str | None = N
         prediction_type: override the base scheduler's (only if the UNet was trained that way).
         seed: seeds the projector's initialisation.
         variant: weights variant of the base (e.g. "fp16").
+        prior_method: `"transfer"` / `"dtb"`: a pipeline refining that method's output (conv_in widened again for
+            the prior's latents, zero init; `pipelines.prior.add_prior_input`).
     """
     folder = check_t2v_folder(t2v_dir)
     load = dict(variant=variant, local_files_only=True)
@@ -85,4 +87,9 @@ def convert_text_to_video(t2v_dir, clip_path, *, open_clip_model: str | None = N
             encoder = BlurImageEncoder.from_open_clip(open_clip_model, clip_path, **kwargs)
         else:
             encoder = BlurImageEncoder.from_clip_vision(clip_path, **kwargs)
-    return DeblurVideoPipeline(vae=vae, unet=unet, blur_encoder=encoder.eval(), scheduler=scheduler)
+    pipe = DeblurVideoPipeline(vae=vae, unet=unet, blur_encoder=encoder.eval(), scheduler=scheduler)
+    if prior_method is None:
+        return pipe
+    from vdiffdeblur.pipelines.prior import add_prior_input
+
+    return add_prior_input(pipe, prior_method)

@@ -56,6 +56,8 @@ ALLOW_PICKLE_ENV = "VDIFFDEBLUR_ALLOW_PICKLE"
 
 #: the components a pipeline folder must hold
 COMPONENT_NAMES = ("vae", "unet", "blur_encoder", "scheduler")
+#: the fast methods whose output a pipeline may refine (`prior_method`)
+PRIOR_METHODS = ("transfer", "dtb")
 _WEIGHTED = ("vae", "unet", "blur_encoder")
 
 
@@ -107,6 +109,11 @@ class DeblurVideoPipeline(DiffusionPipeline):
             residual (small next to unit noise) carries a fair share of the diffusion loss.
         default_num_inference_steps (`int`, defaults to 50), default_guidance_scale (`float`, defaults to 3.0):
             Saved defaults of `__call__`'s `num_inference_steps` and `guidance_scale` (what the model was tuned for).
+        prior_method (`str`, *optional*):
+            `"transfer"` or `"dtb"`: the pipeline refines that method's output (predict-and-refine, Whang et al.
+            CVPR 2022). Its UNet's conv_in then also takes the prior's latents (noisy ++ blurry ++ prior), every
+            call needs `prior=`, and `residual_latents` / `residual_decode` are taken against the prior instead of
+            the blurry clip. `None` (default): no prior.
     """
 
     model_cpu_offload_seq = "blur_encoder->unet->vae"
@@ -125,8 +132,11 @@ class DeblurVideoPipeline(DiffusionPipeline):
         residual_scale: float = 1.0,
         default_num_inference_steps: int = 50,
         default_guidance_scale: float = 3.0,
+        prior_method: str | None = None,
     ):
         super().__init__()
+        if prior_method is not None and prior_method not in PRIOR_METHODS:
+            raise ModelFolderError(f"prior_method must be one of {PRIOR_METHODS} or None, got {prior_method!r}")
         self.register_modules(vae=vae, unet=unet, blur_encoder=blur_encoder, scheduler=scheduler)
         if int(default_num_inference_steps) < 1:
             raise ModelFolderError(f"default_num_inference_steps must be >= 1, got {default_num_inference_steps}")
@@ -135,7 +145,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
         self.register_to_config(residual_decode=bool(residual_decode), residual_latents=bool(residual_latents),
                                 residual_scale=float(residual_scale),
                                 default_num_inference_steps=int(default_num_inference_steps),
-                                default_guidance_scale=float(default_guidance_scale))
+                                default_guidance_scale=float(default_guidance_scale), prior_method=prior_method)
         self.check_components()
         for module in (vae, unet, blur_encoder):
             if isinstance(module, torch.nn.Module):
@@ -157,11 +167,14 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 raise ModelFolderError(
                     f"unet predicts {unet.config.out_channels} channels but the vae has {c} latent channels"
                 )
-            if unet.config.in_channels != 2 * c:
+            prior = self.config.get("prior_method") if hasattr(self, "config") else None
+            want, what = (3 * c, "noisy latents ++ blurry-clip latents ++ prior latents") if prior else (
+                2 * c, "noisy latents ++ blurry-clip latents")
+            if unet.config.in_channels != want:
                 raise ModelFolderError(
-                    f"unet conv_in takes {unet.config.in_channels} channels; the deblurrer needs {2 * c} (noisy "
-                    f"latents ++ blurry-clip latents). Widen a text-to-video UNet with "
-                    "vdiffdeblur.models.unet.widen_conv_in or scripts/convert_t2v_to_deblur.py"
+                    f"unet conv_in takes {unet.config.in_channels} channels; the deblurrer"
+                    f"{f' refining {prior} output' if prior else ''} needs {want} ({what}). Widen a text-to-video "
+                    "UNet with vdiffdeblur.models.unet.widen_conv_in or scripts/convert_t2v_to_deblur.py (--prior)"
                 )
         if enc is not None and unet is not None:
             if enc.config.cross_attention_dim != unet.config.cross_attention_dim:
@@ -264,6 +277,11 @@ class DeblurVideoPipeline(DiffusionPipeline):
         return self._interrupt
 
     @property
+    def prior_method(self) -> str | None:
+        """The method whose output this pipeline refines (`"transfer"`, `"dtb"`), or None: no prior."""
+        return self.config.get("prior_method")
+
+    @property
     def current_window(self) -> range | None:
         """While a window is denoised (e.g. inside `callback_on_step_end`), the absolute frame indices it covers."""
         return getattr(self, "_current_window", None)
@@ -318,6 +336,23 @@ class DeblurVideoPipeline(DiffusionPipeline):
             raise ValueError(f"video values must lie in [0, 1] (floats) or be uint8, got range [{lo:.3g}, {hi:.3g}]")
         return out.clamp(0, 1)
 
+    def check_prior(self, prior, shape) -> torch.Tensor | None:
+        """`prior` (any `video` form) -> float32 `(B, 3, F, H, W)` matching the clip's `shape`, or None. Raises
+        `ValueError` when this pipeline expects a prior and none is given, or the reverse, or the shapes differ."""
+        method = self.prior_method
+        if method is None:
+            if prior is not None:
+                raise ValueError("this pipeline takes no prior (its config has no prior_method); call it without "
+                                 "prior=")
+            return None
+        if prior is None:
+            raise ValueError(f"this pipeline refines {method} output: pass prior= (the {method} result of the same "
+                             "clip)")
+        out = self.preprocess_video(prior)
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"prior has shape {tuple(out.shape)} (B, 3, F, H, W) but the video has {tuple(shape)}")
+        return out
+
     def prepare_extra_step_kwargs(self, generator, eta):
         # eta (η) is only used with the DDIMScheduler (η in the DDIM paper); other schedulers ignore it
         params = set(inspect.signature(self.scheduler.step).parameters.keys())
@@ -369,8 +404,9 @@ class DeblurVideoPipeline(DiffusionPipeline):
         )
 
     def denoise(self, latents, blur_latents, encoder_hidden_states, *, num_inference_steps, guidance_scale=1.0,
-                extra_step_kwargs=None, prev_predictions=None, record_last: int = 0, tile=None, tile_overlap=0,
-                progress_bar=None, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
+                prior_latents=None, extra_step_kwargs=None, prev_predictions=None, record_last: int = 0, tile=None,
+                tile_overlap=0, progress_bar=None, callback_on_step_end=None,
+                callback_on_step_end_tensor_inputs=("latents",)):
         """The DDIM loop over one window of latents `(B, C, f, h, w)`.
 
         `prev_predictions` (one entry per step: the previous window's guided model output over the first `k`
@@ -381,6 +417,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
         `record_last` > 0 also returns this window's guided outputs over its last `record_last` frames.
         `guidance_scale` is the scale at the first step; `self.guidance_scale` is read at every step, so a callback
         may change it, and may return `blur_latents` / `encoder_hidden_states` for the remaining steps.
+        `prior_latents` (same shape as `blur_latents`) are the prior's latents for a pipeline with `prior_method`.
         Returns `(latents, predictions)`.
         """
         extra_step_kwargs = extra_step_kwargs or {}
@@ -405,11 +442,12 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 # the unconditional branch: zero tokens, the blurry clip's latents kept
                 tokens = torch.cat([torch.zeros_like(tokens), tokens])
                 blur_in = torch.cat([blur_latents, blur_latents])
+                prior_in = None if prior_latents is None else torch.cat([prior_latents, prior_latents])
             else:
-                blur_in = blur_latents
+                blur_in, prior_in = blur_latents, prior_latents
             model_input = torch.cat([latents] * 2) if cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            model_input = build_unet_input(model_input, blur_in)
+            model_input = build_unet_input(model_input, blur_in, prior_in)
             pred = self._predict(model_input, t, tokens, tile, tile_overlap)
             if cfg:
                 pred_uncond, pred_cond = pred.chunk(2)
@@ -457,6 +495,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
     def __call__(
         self,
         video=None,
+        prior=None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         eta: float = 0.0,
@@ -484,6 +523,9 @@ class DeblurVideoPipeline(DiffusionPipeline):
             video (`Video`, `list[PIL.Image.Image]`, `np.ndarray`, `torch.Tensor`, or a batch of these):
                 The blurry clip(s), see [`~DeblurVideoPipeline.preprocess_video`]. Any frame count and size: frames
                 are padded to `spatial_multiple` and cropped back.
+            prior (same forms as `video`, *optional*):
+                Another method's output for the same clip (frame for frame, same size), which a pipeline with
+                `config.prior_method` refines; required by such a pipeline and refused by one without.
             num_inference_steps (`int`, *optional*): DDIM steps (default: the pipeline's
                 `config.default_num_inference_steps`, 50 unless the saved model says otherwise).
             guidance_scale (`float`, *optional*, default: `config.default_guidance_scale`, 3.0 unless saved otherwise):
@@ -553,8 +595,11 @@ class DeblurVideoPipeline(DiffusionPipeline):
             raise ValueError("color_fix works on frames, not on output_type='latent'")
 
         frames = self.preprocess_video(video)
+        prior_frames = self.check_prior(prior, frames.shape)
         if num_videos_per_prompt > 1:
             frames = frames.repeat_interleave(num_videos_per_prompt, dim=0)
+            if prior_frames is not None:
+                prior_frames = prior_frames.repeat_interleave(num_videos_per_prompt, dim=0)
         batch_size, _, num_frames, height, width = frames.shape
         if window == 0:
             window, window_overlap = num_frames, 0
@@ -579,7 +624,7 @@ class DeblurVideoPipeline(DiffusionPipeline):
                 residual_decode=residual_decode, color_fix=color_fix, callback_on_step_end=callback_on_step_end,
                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, progress_bar=progress_bar,
             )
-            pieces = stream.push(frames)
+            pieces = stream.push(frames, prior_frames)
             pieces += stream.flush()
         result = torch.cat(pieces, dim=2)
         if result.shape[2] != num_frames:  # a bug, not a user error

@@ -57,6 +57,12 @@ def small_components(vae, seed: int = 0, num_tokens: int = 4) -> dict:
             "scheduler": DDIMScheduler(**SMALL_SCHEDULER_CONFIG)}
 
 
-def make_small_pipeline(vae, seed: int = 0, **sampling):
-    """The starting `DeblurVideoPipeline` of the small model's training (`SMALL_SAMPLING` defaults, overridable)."""
-    return DeblurVideoPipeline(**small_components(vae, seed=seed), **{**SMALL_SAMPLING, **sampling})
+def make_small_pipeline(vae, seed: int = 0, prior_method: str | None = None, **sampling):
+    """The starting `DeblurVideoPipeline` of the small model's training (`SMALL_SAMPLING` defaults, overridable);
+    with `prior_method` (`"transfer"` / `"dtb"`) its UNet also takes that method's output (`pipelines.prior`)."""
+    pipe = DeblurVideoPipeline(**small_components(vae, seed=seed), **{**SMALL_SAMPLING, **sampling})
+    if prior_method is None:
+        return pipe
+    from vdiffdeblur.pipelines.prior import add_prior_input
+
+    return add_prior_input(pipe, prior_method)

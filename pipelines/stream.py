@@ -21,13 +21,14 @@ class DeblurVideoStream:
     runs on a whole clip, what `DeblurVideoPipeline.open_stream` returns, and what the CLI and the DDIM script run
     from a video reader into a writer.
 
-    `push(frames)` takes the next frames `(B, 3, n, H, W)` in [0, 1] and returns the output frames now final
-    (a list of `(B, 3, m, H, W)` float32 tensors in [0, 1], or latents with `output_latents=True`); `flush()`
-    returns the rest. A window of `window_size` frames is denoised as soon as it is complete; its first
+    `push(frames, prior=None)` takes the next frames `(B, 3, n, H, W)` in [0, 1] (and, for a pipeline with a
+    `prior_method`, the prior's same frames, whose latents travel with the blurry ones) and returns the output
+    frames now final (a list of `(B, 3, m, H, W)` float32 tensors in [0, 1], or latents with `output_latents=True`);
+    `flush()` returns the rest. A window of `window_size` frames is denoised as soon as it is complete; its first
     `window_size - window_overlap` frames are then final, its last `window_overlap` frames are held, with the
     model's outputs for them at every step, to be blended into the next window's at every step. Memory holds one
-    window plus those outputs, whatever the video's length. Initial noise is drawn frame by frame in order, so a video
-    gets the same noise whether it comes at once or in pieces.
+    window plus those outputs, whatever the video's length. Initial noise is drawn frame by frame in order, so a
+    video gets the same noise whether it comes at once or in pieces.
     """
 
     def __init__(self, pipe: DeblurVideoPipeline, height: int, width: int, batch_size: int = 1, *,
@@ -43,7 +44,9 @@ class DeblurVideoStream:
                           "latent" if output_latents else "pt", callback_on_step_end_tensor_inputs)
         self.residual_decode = bool(pipe.config.get("residual_decode", False) if residual_decode is None
                                     else residual_decode)
-        # the UNet's latents are residual_scale * (z_sharp - z_blurry) for folders trained that way
+        # the clip the residuals are taken against: the prior when the pipeline refines one, else the blurry clip
+        self.prior_method = pipe.config.get("prior_method")
+        # the UNet's latents are residual_scale * (z_sharp - z_base) for folders trained that way
         self.residual_scale = (float(pipe.config.get("residual_scale", 1.0))
                                if pipe.config.get("residual_latents", False) else None)
         self.color_fix = check_color_fix(color_fix)
@@ -75,6 +78,9 @@ class DeblurVideoStream:
         # per buffered frame: pixels (B, 3, 1, H, W) in [0, 1] (unpadded), blurry latents, initial noise
         self._pixels: list[torch.Tensor] = []
         self._blur: list[torch.Tensor | None] = []
+        # the prior's pixels and latents per buffered frame (empty lists' entries stay None without a prior)
+        self._prior_pixels: list[torch.Tensor | None] = []
+        self._prior: list[torch.Tensor | None] = []
         self._noise: list[torch.Tensor | None] = []
         self._start = 0  # absolute index of the first buffered frame
         self._pushed = 0
@@ -88,15 +94,24 @@ class DeblurVideoStream:
         return self.pipe._execution_device
 
     # ----------------------------------------------------------------------------------------- API
-    def push(self, frames: torch.Tensor) -> list[torch.Tensor]:
+    def push(self, frames: torch.Tensor, prior: torch.Tensor | None = None) -> list[torch.Tensor]:
         if frames.ndim != 5 or frames.shape[0] != self.batch_size or frames.shape[1] != 3:
             raise ValueError(f"expected frames ({self.batch_size}, 3, n, H, W), got {tuple(frames.shape)}")
         if tuple(frames.shape[-2:]) != (self.height, self.width):
             raise ValueError(f"frame size {frames.shape[-1]}x{frames.shape[-2]} differs from the stream's "
                              f"{self.width}x{self.height}")
+        if self.prior_method is None and prior is not None:
+            raise ValueError("this pipeline takes no prior (its config has no prior_method); push frames only")
+        if self.prior_method is not None:
+            if prior is None:
+                raise ValueError(f"this pipeline refines {self.prior_method} output: push the prior's frames too")
+            if tuple(prior.shape) != tuple(frames.shape):
+                raise ValueError(f"prior frames {tuple(prior.shape)} differ from the frames {tuple(frames.shape)}")
         out = []
         for i in range(frames.shape[2]):
             self._pixels.append(frames[:, :, i : i + 1].float())
+            self._prior_pixels.append(None if prior is None else prior[:, :, i : i + 1].float())
+            self._prior.append(None)
             self._blur.append(None)
             self._noise.append(None)
             self._pushed += 1
@@ -108,7 +123,7 @@ class DeblurVideoStream:
         if len(self._pixels) > self._held or (not self._processed_any and self._pixels):
             return self._process(final=True)
         if self._tail is not None and self._held:
-            out = [self._emit(self._tail, self._pixels, self._blur)]
+            out = [self._emit(self._tail, self._pixels, self._blur, self._prior_pixels, self._prior)]
             self._reset_buffer(0)
             return out
         return []
@@ -138,10 +153,17 @@ class DeblurVideoStream:
                                        chunk_size=self.decode_chunk_size)
             for j, i in enumerate(range(new[0], n)):
                 self._blur[i] = enc[:, :, j : j + 1]
+            if self.prior_method is not None:
+                prior_pixels = torch.cat(self._prior_pixels[new[0]:], dim=2).to(device)
+                enc = encode_video_latents(pipe.vae, self._pad(prior_pixels).to(pipe.vae.dtype),
+                                           chunk_size=self.decode_chunk_size)
+                for j, i in enumerate(range(new[0], n)):
+                    self._prior[i] = enc[:, :, j : j + 1]
         for i in range(n):
             if self._noise[i] is None:
                 self._noise[i] = self._noise_for(self._start + i)
         blur = torch.cat(self._blur, dim=2).to(dtype)
+        prior = None if self.prior_method is None else torch.cat(self._prior, dim=2).to(dtype)
         latents = torch.cat(self._noise, dim=2).to(dtype)
         tokens = pipe.blur_encoder(pixels.to(pipe.blur_encoder.dtype))
         keep = 0 if final else self.overlap
@@ -149,6 +171,7 @@ class DeblurVideoStream:
         try:
             latents, predictions = pipe.denoise(
                 latents, blur, tokens, num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                prior_latents=prior,
                 extra_step_kwargs=self.extra_step_kwargs,
                 prev_predictions=self._predictions if self._held else None, record_last=keep,
                 tile=self.tile, tile_overlap=self.tile_overlap, progress_bar=self.progress_bar,
@@ -158,7 +181,8 @@ class DeblurVideoStream:
             pipe._current_window = None
         self._processed_any = True
         ready = n - keep
-        out = [self._emit(latents[:, :, :ready], self._pixels[:ready], self._blur[:ready])] if ready else []
+        out = [self._emit(latents[:, :, :ready], self._pixels[:ready], self._blur[:ready], self._prior_pixels[:ready],
+                          self._prior[:ready])] if ready else []
         self._predictions = predictions if keep else None
         self._tail = latents[:, :, ready:] if keep else None
         self._reset_buffer(keep)
@@ -167,29 +191,32 @@ class DeblurVideoStream:
     def _reset_buffer(self, keep: int) -> None:
         drop = len(self._pixels) - keep
         self._pixels, self._blur, self._noise = self._pixels[drop:], self._blur[drop:], self._noise[drop:]
+        self._prior_pixels, self._prior = self._prior_pixels[drop:], self._prior[drop:]
         self._start += drop
         self._held = keep
         if not keep:
             self._predictions, self._tail = None, None
 
-    def _emit(self, latents: torch.Tensor, pixels: list[torch.Tensor], blur: list[torch.Tensor]) -> torch.Tensor:
+    def _emit(self, latents: torch.Tensor, pixels: list[torch.Tensor], blur: list[torch.Tensor],
+              prior_pixels: list, prior: list) -> torch.Tensor:
         """Final latents of the first frames of the buffer -> output frames; `pixels` / `blur` are those frames'
-        blurry input and its latents (for `residual_decode`)."""
-        blur_latents = torch.cat(blur, dim=2).to(latents.device) if blur else None
+        blurry input and its latents, `prior_pixels` / `prior` the prior's. The base of `residual_latents` and
+        `residual_decode` is the prior when the pipeline has one, else the blurry input."""
+        base_pixels, base = (prior_pixels, prior) if self.prior_method is not None else (pixels, blur)
+        base_latents = torch.cat(base, dim=2).to(latents.device) if base else None
         if self.residual_scale is not None:
-            latents = latents / self.residual_scale + blur_latents.to(latents.dtype)
+            latents = latents / self.residual_scale + base_latents.to(latents.dtype)
         if self.output_latents:
             return latents
         vae = self.pipe.vae
         video = decode_video_latents(vae, latents.to(vae.dtype), chunk_size=self.decode_chunk_size)
         video = crop_to(video, (self.height, self.width))
-        if not self.residual_decode and self.color_fix is None:
-            return video
-        inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
         if self.residual_decode:
-            blur_rec = crop_to(decode_video_latents(vae, blur_latents.to(vae.dtype),
+            base_video = torch.cat(base_pixels, dim=2).to(video.device, video.dtype)
+            base_rec = crop_to(decode_video_latents(vae, base_latents.to(vae.dtype),
                                                     chunk_size=self.decode_chunk_size), (self.height, self.width))
-            video = (inputs + video - blur_rec.to(video.dtype)).clamp(0, 1)
+            video = (base_video + video - base_rec.to(video.dtype)).clamp(0, 1)
         if self.color_fix is not None:
+            inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
             video = apply_color_fix(video, inputs, self.color_fix).clamp(0, 1)
         return video

@@ -75,6 +75,12 @@ def tiny_components(seed: int = 0, prediction_type: str = "epsilon", num_tokens:
     return {"vae": vae.eval(), "unet": unet.eval(), "blur_encoder": blur_encoder.eval(), "scheduler": scheduler}
 
 
-def make_tiny_pipeline(seed: int = 0, **kwargs):
-    """A tiny random `DeblurVideoPipeline` (see `tiny_components` for the keyword arguments)."""
-    return DeblurVideoPipeline(**tiny_components(seed=seed, **kwargs))
+def make_tiny_pipeline(seed: int = 0, prior_method: str | None = None, **kwargs):
+    """A tiny random `DeblurVideoPipeline` (see `tiny_components` for the keyword arguments); with `prior_method`
+    (`"transfer"` / `"dtb"`) the same one widened to refine that method's output (`pipelines.prior`)."""
+    pipe = DeblurVideoPipeline(**tiny_components(seed=seed, **kwargs))
+    if prior_method is None:
+        return pipe
+    from vdiffdeblur.pipelines.prior import add_prior_input
+
+    return add_prior_input(pipe, prior_method)

@@ -7,6 +7,7 @@
 
 `--t2v`: a diffusers-format folder (unet/ vae/ scheduler/; text_encoder/ and tokenizer/ are ignored).
 `--clip`: a transformers CLIP vision folder, or with `--open-clip-model NAME` an open_clip checkpoint file.
+`--prior transfer|dtb`: a pipeline that refines that method's output (conv_in also takes the prior's latents).
 The result is written with safetensors, to a temporary folder renamed to --out when complete.
 """
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the base scheduler's prediction type (only if the UNet was trained so)")
     p.add_argument("--variant", default=None, help="weights variant of the base, e.g. fp16")
     p.add_argument("--seed", type=int, default=0, help="seed of the projector's initialisation")
+    p.add_argument("--prior", choices=["none", "transfer", "dtb"], default="none",
+                   help="make a pipeline that refines this method's output (conv_in widened again, zero init)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
         pipe = convert_text_to_video(
             args.t2v, args.clip, open_clip_model=args.open_clip_model, num_tokens=args.num_tokens,
             num_cond_frames=args.num_cond_frames, prediction_type=args.prediction_type, seed=args.seed,
-            variant=args.variant,
+            variant=args.variant, prior_method=None if args.prior == "none" else args.prior,
         )
         with writing_atomically(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         return 2
     u, enc = pipe.unet.config, pipe.blur_encoder.config
     print(f"wrote {out}: unet conv_in {u.in_channels} channels, {enc.num_tokens} tokens x {enc.cross_attention_dim}, "
-          f"DDIM {pipe.scheduler.config.prediction_type}")
+          f"DDIM {pipe.scheduler.config.prediction_type}, prior {pipe.config.prior_method or 'none'}")
     return 0
 
 

@@ -2,7 +2,10 @@
 window by window from the reader into the writer.
 
     python scripts/ddim_inference.py --model MODEL_DIR --input blurry.mp4 --output sharp.mp4 \
-        [--steps 50 --guidance 3 --seed 0 --window 16 --overlap 4 --color-fix none --device auto --dtype auto]
+        [--steps 50 --guidance 3 --seed 0 --window 16 --overlap 4 --color-fix none --prior transfer|dtb|none \
+         --device auto --dtype auto]
+
+A model that refines a fast method's output (its `prior_method`) gets that method's output computed on the fly.
 
 A user error (missing file, unreadable video, bad model folder, bad option) prints one line `error: ...` and
 exits with status 2, leaving nothing under --output. An existing --output is refused unless --overwrite.
@@ -18,7 +21,7 @@ import time
 
 def build_parser() -> argparse.ArgumentParser:
     from vdiffdeblur.argtypes import device_name, float_from, int_in
-    from vdiffdeblur.methods.options import COLOR_FIX_CHOICES
+    from vdiffdeblur.methods.options import COLOR_FIX_CHOICES, PRIOR_CHOICES
 
     p = argparse.ArgumentParser(description="Deblur a video with a DeblurVideoPipeline (DDIM sampling).")
     p.add_argument("--model", required=True, help="DeblurVideoPipeline folder (save_pretrained layout)")
@@ -38,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-fix", choices=COLOR_FIX_CHOICES, default="none",
                    help="take the output's colours from the input: wavelet (low frequencies) or adain (per-channel "
                         "mean and spread), frame by frame (default: none)")
+    p.add_argument("--prior", choices=PRIOR_CHOICES, default=None,
+                   help="the fast method whose output the model refines (its defaults), must match the model "
+                        "(default: what the model was trained with)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (small GPUs)")
@@ -52,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from vdiffdeblur.methods.diffusion import check_job, deblur_video_file, load_pipeline
+    from vdiffdeblur.methods.diffusion import check_job, deblur_video_file, load_pipeline, resolve_prior
     from vdiffdeblur.video import VideoError
 
     args = build_parser().parse_args(argv)
@@ -61,6 +67,7 @@ def main(argv=None) -> int:
     try:
         t0 = time.perf_counter()
         check_job(args.input, args.output, overwrite=args.overwrite)
+        resolve_prior(args.model, args.prior)  # a mismatch fails before the model loads
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, cpu_offload=args.cpu_offload,
                              vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling)
         pipe.set_progress_bar_config(disable=True)
@@ -69,7 +76,7 @@ def main(argv=None) -> int:
             seed=args.seed, window_size=args.window, window_overlap=args.overlap, tile_size=args.tile_size,
             decode_chunk_size=args.decode_chunk_size, eta=args.eta, color_fix=args.color_fix,
             lossless=args.lossless, crf=args.crf,
-            quiet=args.quiet, overwrite=args.overwrite,
+            quiet=args.quiet, overwrite=args.overwrite, prior=args.prior, prior_device=args.device,
         )
     except (VideoError, ValueError, FileNotFoundError, OSError) as e:
         if args.verbose:

@@ -130,3 +130,21 @@ def test_converter_errors_name_the_problem(tmp_path, t2v_and_clip, capsys):
     assert rc == 2 and "exists" in capsys.readouterr().err
     rc = convert(["--t2v", str(d / "t2v"), "--clip", str(tmp_path / "no-clip"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no-clip" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_converter_builds_a_prior_pipeline(t2v_and_clip, tmp_path, capsys):
+    d, base_unet, _ = t2v_and_clip
+    rc = load_script("convert_t2v_to_deblur").main(
+        ["--t2v", str(d / "t2v"), "--clip", str(d / "clip"), "--out", str(tmp_path / "refine"), "--prior", "dtb"])
+    assert rc == 0, capsys.readouterr().err
+    assert "prior dtb" in capsys.readouterr().out
+    pipe = DeblurVideoPipeline.from_pretrained(tmp_path / "refine")
+    w = pipe.unet.conv_in.weight
+    assert pipe.config.prior_method == "dtb" and pipe.unet.config.in_channels == 12
+    assert torch.equal(w[:, :4], base_unet.conv_in.weight) and torch.count_nonzero(w[:, 4:]) == 0
+    pipe.set_progress_bar_config(disable=True)
+    video = np.random.RandomState(0).randint(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    out = pipe(video, prior=video, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).frames
+    assert out.shape == (1, 3, 16, 16, 3)
+    with pytest.raises(ValueError, match="pass prior="):
+        pipe(video, num_inference_steps=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +76,70 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
+def model_prior_method(model=None) -> str | None:
+    """The `prior_method` a pipeline folder's model_index.json records (default folder: `DEFAULT_MODEL`), read
+    without loading the model; None when it records none or the file is missing or unreadable (loading then
+    names the problem)."""
+    import json
+
+    index = Path(model or DEFAULT_MODEL) / "model_index.json"
+    try:
+        return json.loads(index.read_text()).get("prior_method")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resolve_prior(pipe_or_model, prior: str | None) -> str | None:
+    """The prior method a run uses: `prior` (`"transfer"`, `"dtb"`, `"none"`) checked against what the model
+    (a loaded pipeline, or a folder: `model_prior_method`) was trained with, or that when `prior` is None. Raises
+    `ValueError` naming the model folder on a mismatch."""
+    if hasattr(pipe_or_model, "config"):
+        expected = pipe_or_model.config.get("prior_method")
+        folder = getattr(pipe_or_model, "name_or_path", None)
+    else:
+        expected, folder = model_prior_method(pipe_or_model), pipe_or_model or DEFAULT_MODEL
+    if prior is None:
+        return expected
+    wanted = None if prior == "none" else prior
+    if wanted != expected:
+        folder = folder or "the diffusion model"
+        trained = f"refines {expected} output" if expected else "takes no prior"
+        raise ValueError(f"--prior {prior}: {folder} {trained} (use --prior {expected or 'none'}, or a model "
+                         f"trained with --prior {prior})")
+    return wanted
+
+
+def make_prior_stream(method: str, source, info: VideoInfo, device: str | None = "auto"):
+    """The FrameStream of the fast method (`"transfer"` / `"dtb"`, its defaults) whose output a pipeline refines."""
+    from .options import METHOD_OPTIONS, RunOptions
+    from .runner import load_factory
+
+    return load_factory(method)(source, info, RunOptions(device=device or "auto"), METHOD_OPTIONS[method]())
+
+
 class DiffusionFrameStream:
     """The diffusion method as a FrameStream over the pipeline's tensor stream: uint8 `(H, W, 3)` frames in, uint8
     frames out, in order.
 
-    Frames come out in bursts of one window (minus the overlap) as soon as a window is denoised.
+    Frames come out in bursts of one window (minus the overlap) as soon as a window is denoised. With
+    `prior_stream` (the fast method whose output the pipeline refines) every frame also goes through that stream,
+    and each blurry frame waits until its prior frame is out (a prior with look-ahead emits later), so the
+    pipeline gets both aligned.
     """
 
     def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
                  window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
-                 eta: float = 0.0, color_fix: str | None = None, name: str | None = None):
+                 eta: float = 0.0, color_fix: str | None = None, name: str | None = None, prior_stream=None):
         folder = getattr(pipe, "name_or_path", None)
         self.name = name or (f"{folder}: the diffusion model" if folder else "the diffusion model")
+        expected = pipe.config.get("prior_method")
+        if (prior_stream is None) != (expected is None):
+            raise ValueError(f"{folder or 'the diffusion model'}: "
+                             + (f"refines {expected} output but no prior stream was given" if expected
+                                else "takes no prior but a prior stream was given"))
+        self.prior_stream = prior_stream
+        self._waiting: deque = deque()  # blurry frames whose prior frame is not out yet
         kwargs = dict(num_inference_steps=num_inference_steps, eta=eta, generator=make_generator(seed),
                       window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size,
                       color_fix=color_fix)
@@ -104,13 +156,43 @@ class DiffusionFrameStream:
         frames = np.stack([np.asarray(f) for f in frames])
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"expected uint8 (H, W, 3) frames, got {frames.dtype} {frames.shape[1:]}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(255.0)  # (3, F, H, W)
-        with torch.no_grad():
-            return self._to_frames(self.session.push(x[None]))
+        if self.prior_stream is None:
+            return self._push_pairs(frames, None)
+        self._waiting.extend(frames)
+        return self._push_pairs(*self._pair(self.prior_stream.push(list(frames))))
 
     def flush(self) -> list[np.ndarray]:
+        out = []
+        if self.prior_stream is not None:
+            out = self._push_pairs(*self._pair(self.prior_stream.flush()))
+            if self._waiting:  # a bug in the prior stream, not a user error
+                raise RuntimeError(f"the {self.pipe_prior} prior gave {len(self._waiting)} frames too few")
         with torch.no_grad():
-            return self._to_frames(self.session.flush())
+            return out + self._to_frames(self.session.flush())
+
+    @property
+    def pipe_prior(self) -> str | None:
+        return self.session.prior_method
+
+    def _pair(self, prior_frames) -> tuple:
+        prior_frames = frame_list(prior_frames) if len(prior_frames) else []
+        if len(prior_frames) > len(self._waiting):
+            raise RuntimeError(f"the {self.pipe_prior} prior gave more frames than went in")
+        blurry = [self._waiting.popleft() for _ in prior_frames]
+        if not blurry:
+            return None, None
+        return np.stack(blurry), np.stack([np.asarray(p) for p in prior_frames])
+
+    @staticmethod
+    def _tensor(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(255.0)[None]
+
+    def _push_pairs(self, frames, prior) -> list[np.ndarray]:
+        if frames is None:
+            return []
+        with torch.no_grad():  # (1, 3, F, H, W) each
+            return self._to_frames(self.session.push(self._tensor(frames),
+                                                     None if prior is None else self._tensor(prior)))
 
     def _to_frames(self, pieces) -> list[np.ndarray]:
         out = []
@@ -121,13 +203,16 @@ class DiffusionFrameStream:
 
 def make_stream(source, info: VideoInfo, run, opts) -> DiffusionFrameStream:
     """``--method diffusion``: ``opts`` is a :class:`~vdiffdeblur.methods.options.DiffusionOptions`."""
+    resolve_prior(opts.model, opts.prior)  # a mismatch fails before the model loads
     pipe = load_pipeline(opts.model, device=run.device, dtype=opts.dtype, cpu_offload=opts.cpu_offload,
                          vae_slicing=opts.vae_slicing, vae_tiling=opts.vae_tiling)
     pipe.set_progress_bar_config(disable=True)  # the caller shows progress per frame
+    prior = resolve_prior(pipe, opts.prior)
+    prior_stream = make_prior_stream(prior, source, info, device=run.device) if prior else None
     return DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=opts.steps, guidance_scale=opts.guidance, seed=run.seed,
         window_size=opts.window, window_overlap=opts.overlap, tile_size=opts.tile_size,
-        decode_chunk_size=opts.decode_chunk_size, color_fix=opts.color_fix,
+        decode_chunk_size=opts.decode_chunk_size, color_fix=opts.color_fix, prior_stream=prior_stream,
     )
 
 
@@ -143,17 +228,21 @@ def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None =
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
                       tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
                       color_fix: str | None = None, lossless: bool = False, crf: int = 18, quiet: bool = False,
-                      overwrite: bool = False) -> VideoInfo:
+                      overwrite: bool = False, prior: str | None = None,
+                      prior_device: str | None = "auto") -> VideoInfo:
     """Deblur a video file / frame folder into `output` (video file, or a PNG folder for a path without suffix),
     streaming from the reader to the writer (:func:`vdiffdeblur.methods.runner.stream_file`: frame count, size,
-    timestamps, rotation, colour and audio are kept; on error nothing is left under `output`)."""
+    timestamps, rotation, colour and audio are kept; on error nothing is left under `output`). `prior`: see
+    `resolve_prior` (None: what the model was trained with); the prior method runs on `prior_device`."""
     from .runner import stream_file
 
+    prior = resolve_prior(pipe, prior)
     info = check_job(source, output, overwrite=overwrite)
+    prior_stream = make_prior_stream(prior, source, info, device=prior_device) if prior else None
     stream = DiffusionFrameStream(
         pipe, info.height, info.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
         seed=seed, window_size=window_size, window_overlap=window_overlap, tile_size=tile_size,
-        decode_chunk_size=decode_chunk_size, eta=eta, color_fix=color_fix,
+        decode_chunk_size=decode_chunk_size, eta=eta, color_fix=color_fix, prior_stream=prior_stream,
     )
     return stream_file(source, output, stream, info, desc="deblur (diffusion)", lossless=lossless, crf=crf,
                        quiet=quiet)

@@ -15,6 +15,8 @@ from ..argtypes import device_name, float_from, int_in
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: vdiffdeblur.colour_fix.COLOR_FIXES plus "none" (kept here so building the parser imports no torch)
 COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
+#: the pipeline's PRIOR_METHODS plus "none" (kept here so building the parser imports no torch)
+PRIOR_CHOICES = ("none", "transfer", "dtb")
 
 
 def _opt(default, help: str, type=None, action: str | None = None, flag: str | None = None, choices=None):
@@ -96,6 +98,9 @@ class DiffusionOptions:
     vae_tiling: bool = _opt(False, "VAE-decode large frames in tiles", action="store_true")
     color_fix: str = _opt("none", "take the output's colours from the input: wavelet (its low frequencies) or adain "
                                   "(its per-channel mean and spread), frame by frame", choices=COLOR_FIX_CHOICES)
+    prior: str | None = _opt(None, "the fast method whose output the model refines, run with its defaults: transfer, "
+                                   "dtb or none; must match the model (default: what the model was trained with)",
+                             choices=PRIOR_CHOICES)
 
 
 METHOD_OPTIONS = {"transfer": TransferOptions, "dtb": DTBOptions, "fit": FitOptions, "diffusion": DiffusionOptions}

@@ -74,12 +74,16 @@ def encode_condition(vae, blur_encoder, video: torch.Tensor, chunk_size: int | N
     return BlurCondition(latents, tokens)
 
 
-def build_unet_input(noisy_latents: torch.Tensor, blur_latents: torch.Tensor) -> torch.Tensor:
-    """The UNet's input: noisy latents ++ blurry-clip latents on the channel axis, `(B, 2*C_lat, F, h, w)`."""
-    if noisy_latents.shape[0] != blur_latents.shape[0] or noisy_latents.shape[2:] != blur_latents.shape[2:]:
-        raise ValueError(f"noisy latents {tuple(noisy_latents.shape)} and blurry-clip latents "
-                         f"{tuple(blur_latents.shape)} differ in batch, frames or size")
-    return torch.cat([noisy_latents, blur_latents.to(noisy_latents.dtype)], dim=1)
+def build_unet_input(noisy_latents: torch.Tensor, blur_latents: torch.Tensor,
+                     prior_latents: torch.Tensor | None = None) -> torch.Tensor:
+    """The UNet's input: noisy latents ++ blurry-clip latents (++ the prior's latents, for a UNet refining another
+    method's output) on the channel axis, `(B, 2*C_lat, F, h, w)` (`3*C_lat` with a prior)."""
+    parts = [noisy_latents, blur_latents] + ([] if prior_latents is None else [prior_latents])
+    for name, x in zip(("blurry-clip", "prior"), parts[1:]):
+        if noisy_latents.shape[0] != x.shape[0] or noisy_latents.shape[2:] != x.shape[2:]:
+            raise ValueError(f"noisy latents {tuple(noisy_latents.shape)} and {name} latents "
+                             f"{tuple(x.shape)} differ in batch, frames or size")
+    return torch.cat([p.to(noisy_latents.dtype) for p in parts], dim=1)
 
 
 def drop_tokens(tokens: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
