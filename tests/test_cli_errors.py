@@ -347,7 +347,7 @@ def test_a_model_that_outputs_nan_is_refused_and_nothing_is_written(clip, tiny_m
     out = work / "out.mkv"
     cases = [
         (["--method", "dtb", "--model", str(models / "nan-dtb")],
-         f"error: {models / 'nan-dtb'}: the dtb model produced non-finite values (NaN/inf)"),
+         f"error: {models / 'nan-dtb'}: the dtb model has non-finite weights (NaN/inf)"),
         (["--method", "fit", "--steps", "2", "--init", str(models / "nan-fit")],
          "the fit network (init " + str(models / "nan-fit") + ") produced non-finite values (NaN/inf)"),
         (["--method", "diffusion", "--model", str(models / "nan-diffusion"), "--steps", "1", "--window", "4",

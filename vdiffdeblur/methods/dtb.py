@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device, resolve_precision
-from ..frames import as_frames_tensor, check_finite, crop_to, pad_to_multiple, to_uint8_frames
+from ..frames import NonFiniteOutputError, as_frames_tensor, check_finite, crop_to, pad_to_multiple, to_uint8_frames
 from ..model_folders import require_kind
 from ..models.dtb import DTBNet, DTBState, reflect_index, step_tiled
 from ..tiles import check_tile, resolve_tile
@@ -64,6 +64,9 @@ class OnlineDeblurrer(OneByOne):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device, "dtb")
         self.tile = check_tile(tile)
+        # the fused convolutions' ReLU can turn a NaN weight's output into zeros, so check the weights themselves
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteOutputError(f"{name} has non-finite weights (NaN/inf); the model folder may be corrupt")
         self.model = model.to(self.device).eval()
         self.channels_last = channels_last
         if channels_last:
