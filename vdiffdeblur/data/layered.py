@@ -4,7 +4,7 @@ the way a camera blurs them.
 Camera shake of a flat photo (:mod:`~vdiffdeblur.data.synthetic`) moves every pixel the same way; real footage
 has objects that move on their own, pass in front of each other and uncover what was behind them. Here a scene
 is a background (a photo, a sharp video or a dead-leaves picture) seen by a camera that pans and may shake
-(the shake trajectory of :mod:`~vdiffdeblur.data.synthetic`), with 3-6 objects in front of it, back to front.
+(the shake trajectory of :mod:`~vdiffdeblur.data.synthetic`), with 4-8 objects in front of it, back to front.
 An object is a patch of a photo cut out with a soft mask (a disk, ellipse, rectangle, triangle or an organic
 blob) or a procedural one (a dead-leaves picture or a shaded flat colour). Each object follows its own smooth
 path in the scene: translation along a slowly turning direction, rotation and scale change, at a speed that
@@ -47,11 +47,11 @@ class LayeredConfig:
     height: int = 240
     fps: float = 30.0
     exposure: float = 0.5  # fraction of the frame interval the shutter is open
-    num_objects: tuple[int, int] = (3, 6)
-    object_size: tuple[float, float] = (0.25, 0.6)  # an object's side as a fraction of the frame's shorter side
+    num_objects: tuple[int, int] = (4, 8)
+    object_size: tuple[float, float] = (0.3, 0.7)  # an object's side as a fraction of the frame's shorter side
     static_fraction: float = 0.2  # share of objects that do not move on their own (one moves if any can)
     procedural_fraction: float = 0.3  # share of objects that are procedural instead of cut from a photo
-    speed_px: tuple[float, float] = (2.0, 30.0)  # an object's top speed in px per frame (log-uniform)
+    speed_px: tuple[float, float] = (8.0, 48.0)  # an object's top speed in px per frame (log-uniform)
     turn_rad: float = 0.08  # how fast an object's direction turns, rad per frame at most
     spin_deg: float = 3.0  # an object's top rotation speed, degrees per frame
     scale_rate: float = 0.01  # an object's top relative scale change per frame
@@ -59,7 +59,7 @@ class LayeredConfig:
     still_camera_fraction: float = 0.3  # share of clips whose camera only pans slowly (no shake)
     noise_sigma: float = 1.0 / 255  # Gaussian sensor noise on the blurry frames (sRGB)
     max_subframe_step: float = 0.5  # px between sub-frames, so the mean looks like continuous motion
-    max_subframes: int = 64
+    max_subframes: int = 96
 
     def __post_init__(self):
         if isinstance(self.camera, dict):  # from metadata or a YAML file
