@@ -12,6 +12,12 @@ _KEPT_CONFIG = ("residual_decode", "residual_latents", "residual_scale", "defaul
                 "default_guidance_scale")
 
 
+def pipeline_config(pipe: DeblurVideoPipeline) -> dict:
+    """The pipeline's own config fields (sampling defaults and `prior_method`), to build it again around other
+    components."""
+    return {k: pipe.config[k] for k in (*_KEPT_CONFIG, "prior_method") if k in pipe.config}
+
+
 def add_prior_input(pipe: DeblurVideoPipeline, prior_method: str) -> DeblurVideoPipeline:
     """A `DeblurVideoPipeline` over the same components (the UNet is widened in place) that expects `prior_method`
     output (`"transfer"` or `"dtb"`) as `prior=`. Its conv_in takes `latent_channels` more input channels, zero at
@@ -22,6 +28,6 @@ def add_prior_input(pipe: DeblurVideoPipeline, prior_method: str) -> DeblurVideo
     if pipe.config.get("prior_method"):
         raise ModelFolderError(f"the pipeline already refines {pipe.config['prior_method']} output")
     widen_conv_in(pipe.unet, int(pipe.vae.config.latent_channels))
-    config = {k: pipe.config[k] for k in _KEPT_CONFIG if k in pipe.config}
+    config = {**pipeline_config(pipe), "prior_method": prior_method}
     return DeblurVideoPipeline(vae=pipe.vae, unet=pipe.unet, blur_encoder=pipe.blur_encoder,
-                               scheduler=pipe.scheduler, prior_method=prior_method, **config)
+                               scheduler=pipe.scheduler, **config)

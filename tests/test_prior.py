@@ -135,6 +135,7 @@ def test_prior_method_survives_save_and_load(tmp_path):
 def prior_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("prior-model") / "tiny-transfer"
     pipe = make_tiny_pipeline(seed=0, prior_method="transfer")
+    pipe.register_to_config(residual_decode=True)  # output = prior + decoded change: the prior shows through
     with torch.no_grad():
         pipe.unet.conv_in.weight[:, 8:].normal_(0, 0.3, generator=gen(7))
     pipe.save_pretrained(d, safe_serialization=True)
@@ -146,7 +147,7 @@ def blurry_file(tmp_path_factory):
     from vdiffdeblur.data.synthetic import ShakeConfig, synthesize_shake
     from vdiffdeblur.video import write_video
 
-    frames = synthesize_shake("builtin:chelsea", ShakeConfig(num_frames=7, width=48, height=32), seed=7).blurry
+    frames = synthesize_shake("builtin:chelsea", ShakeConfig(num_frames=7, width=48, height=32), seed=7).blurry[:5]
     path = tmp_path_factory.mktemp("in") / "blurry.mkv"
     write_video(path, frames, fps=12, lossless=True)
     return path, frames
@@ -175,17 +176,19 @@ def test_cli_and_ddim_script_feed_the_transfer_prior(prior_model, blurry_file, t
                                 output_type="pt", generator=gen(3)).frames[0])
     wrong = to_uint8_frames(pipe(frames, prior=frames, num_inference_steps=2, window_size=4, window_overlap=1,
                                  output_type="pt", generator=gen(3)).frames[0])
-    assert not np.array_equal(want, wrong)  # the prior's content matters, so the check below can fail
+    # the prior's content matters, so the checks below can fail
+    assert np.abs(want.astype(int) - wrong).max() > 4
     run_args = ["--steps", "2", "--window", "4", "--overlap", "1", "--seed", "3"]
     # default --prior: what the model folder says (transfer)
     rc = cli_main(["deblur", str(src), "-o", str(tmp_path / "a.mkv"), "--method", "diffusion", "--model",
                    str(prior_model), "--no-guard", "--lossless", *run_args])
     assert rc == 0, capsys.readouterr().err
-    assert np.array_equal(read_video(tmp_path / "a.mkv").frames, want)
+    # the file path streams frames in pieces: equal up to a rounding step of the uint8 conversion
+    assert np.abs(read_video(tmp_path / "a.mkv").frames.astype(int) - want).max() <= 1
     rc = load_script("ddim_inference").main(["--model", str(prior_model), "--input", str(src), "--output",
                                              str(tmp_path / "b"), "--prior", "transfer", "--quiet", *run_args])
     assert rc == 0, capsys.readouterr().err
-    assert np.array_equal(read_video(tmp_path / "b").frames, want)
+    assert np.abs(read_video(tmp_path / "b").frames.astype(int) - want).max() <= 1
 
 
 def test_prior_mismatch_exits_2_with_one_line(prior_model, blurry_file, tmp_path, capsys):
@@ -206,3 +209,101 @@ def test_prior_mismatch_exits_2_with_one_line(prior_model, blurry_file, tmp_path
     assert ddim(["--model", str(prior_model), "--input", str(src), "--output", str(out), "--prior", "dtb"]) == 2
     assert "--prior dtb" in _one_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------- training
+def test_prior_items_are_cut_from_the_clip_prior_computed_once(monkeypatch):
+    import vdiffdeblur.methods.diffusion as diffusion
+    from vdiffdeblur.methods.stream import run
+    from vdiffdeblur.methods.transfer import SharpTransfer, TransferConfig
+    from vdiffdeblur.trainer.config import DiffusionTrainConfig
+    from vdiffdeblur.trainer.data import build_train_dataset, collate
+
+    cfg = DiffusionTrainConfig(pretrained="tiny", num_clips=2, samples_per_clip=2, clip_len=4, crop=32,
+                               synth_width=48, synth_height=48, frames_per_clip=6)
+    ds = build_train_dataset(cfg, "transfer")
+    calls = []
+    real = diffusion.prior_frames
+    monkeypatch.setattr(diffusion, "prior_frames", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    items = [ds[i] for i in range(len(ds))]
+    assert calls == ["transfer", "transfer"]  # once per synthetic clip, not per item
+    inner = ds.dataset.dataset
+    for it in items:
+        k = it["index"] % inner.num_clips
+        whole = run(SharpTransfer(TransferConfig()), inner.clip(k)[1])
+        t, left, s = it["top"], it["left"], it["start"]
+        want = whole[s:s + 4, t:t + 32, left:left + 32]
+        got = (it["prior"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        assert it["prior"].shape == it["blurry"].shape and np.array_equal(got, want)
+    assert any(not torch.equal(it["prior"], it["blurry"]) for it in items)
+    assert collate(items[:2])["prior"].shape == (2, 4, 3, 32, 32)
+
+
+def test_training_with_a_prior_feeds_it_to_the_unet(tmp_path):
+    import copy
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    from vdiffdeblur.models.unet import widen_conv_in
+    from vdiffdeblur.trainer.config import DiffusionTrainConfig
+    from vdiffdeblur.trainer.loop import train
+
+    cfg = DiffusionTrainConfig(
+        stage=1, pretrained="tiny", prior_method="transfer", output_dir=str(tmp_path / "s1"), max_train_steps=2,
+        num_clips=2, clip_len=4, crop=32, synth_width=48, synth_height=48, frames_per_clip=6, validation_data=None,
+        checkpointing_steps=0, report_to=None, mixed_precision="no", num_threads=1, learning_rate=1e-3)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        train(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    out = tmp_path / "s1"
+    pipe = DeblurVideoPipeline.from_pretrained(out)
+    assert pipe.prior_method == "transfer" and pipe.unet.config.in_channels == 12
+    before = copy.deepcopy(tiny_components(seed=0)["unet"])
+    widen_conv_in(before, 4)
+    w0, w1 = before.conv_in.weight.detach(), pipe.unet.conv_in.weight.detach()
+    assert torch.equal(w0[:, :4], w1[:, :4])
+    # the prior's channels started at zero and learned: gradients reached them through the prior's latents
+    assert torch.count_nonzero(w0[:, 8:]) == 0 and (w1[:, 8:] != 0).float().mean() > 0.9
+    assert (out / "model_index.json").is_file()
+    with pytest.raises(ValueError, match="pass prior="):
+        quiet(pipe)(clip(), num_inference_steps=1)
+
+
+class _Echo(torch.nn.Module):
+    """A stand-in training model whose prediction is always `target`; it records the prior latents it is given."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target, self.prior_latents = target, None
+
+    def forward(self, *args, prior_latents=None, **kwargs):
+        self.prior_latents = prior_latents
+        return self.target, None
+
+
+def test_training_target_is_the_residual_against_the_prior():
+    from vdiffdeblur.losses import diffusion_target
+    from vdiffdeblur.models.conditioning import encode_video_latents
+    from vdiffdeblur.trainer.components import training_scheduler
+    from vdiffdeblur.trainer.objective import LossWeights, compute_losses
+
+    c = tiny_components(seed=3, prediction_type="v_prediction")  # v: the target depends on the latents
+    sched = training_scheduler(c["scheduler"])
+    sharp, blurry, prior = (torch.rand(1, 3, 3, 16, 16, generator=gen(i)) for i in range(3))
+    t = torch.tensor([500])
+    with torch.no_grad():  # compute_losses's draws: the sharp latents' posterior sample, then the noise
+        g = gen(9)
+        zs = encode_video_latents(c["vae"], sharp, generator=g, sample=True)
+        noise = torch.randn(zs.shape, generator=g)
+        zp = encode_video_latents(c["vae"], prior)
+    w = LossWeights(residual_latents=True, residual_scale=2.0)
+    echo = _Echo(diffusion_target(sched, (zs - zp) * 2.0, noise, t))
+    out = compute_losses(echo, c["vae"], sched, blurry, sharp, w, gen(9), timesteps=t, prior=prior)
+    assert float(out["diffusion"]) < 1e-10
+    torch.testing.assert_close(echo.prior_latents, zp)
+    out = compute_losses(echo, c["vae"], sched, blurry, sharp, w, gen(9), timesteps=t)  # against the blurry clip
+    assert float(out["diffusion"]) > 1e-4 and echo.prior_latents is None

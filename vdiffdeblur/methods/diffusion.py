@@ -117,6 +117,14 @@ def make_prior_stream(method: str, source, info: VideoInfo, device: str | None =
     return load_factory(method)(source, info, RunOptions(device=device or "auto"), METHOD_OPTIONS[method]())
 
 
+def prior_frames(method: str, frames: np.ndarray, device: str | None = "cpu") -> np.ndarray:
+    """`method`'s output (its defaults) for a whole clip, uint8 `(F, H, W, 3)` -> the same shape: the prior
+    training pairs with each clip, as inference computes it over the video."""
+    from .stream import run
+
+    return run(make_prior_stream(method, None, None, device=device), frames)
+
+
 class DiffusionFrameStream:
     """The diffusion method as a FrameStream over the pipeline's tensor stream: uint8 `(H, W, 3)` frames in, uint8
     frames out, in order.

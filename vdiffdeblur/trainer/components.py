@@ -32,15 +32,28 @@ def load_base_pipeline(cfg: DiffusionTrainConfig, **components):
     if not cfg.pretrained:
         raise ValueError("no base model: pass --pretrained DIR (a DeblurVideoPipeline folder, e.g. from "
                          "scripts/convert_t2v_to_deblur.py or a stage-1 output) or --pretrained tiny")
+    from vdiffdeblur.pipelines.prior import add_prior_input, pipeline_config
+
+    # a passed UNet may already be widened for the prior: it replaces the base's after any widening
+    unet = components.pop("unet", None)
     if cfg.pretrained == "tiny":
         from vdiffdeblur.pipelines.tiny import tiny_components
 
         parts = tiny_components(seed=cfg.tiny_seed, prediction_type=cfg.tiny_prediction_type)
         parts.update(components)
-        return DeblurVideoPipeline(**parts)
-    if not Path(cfg.pretrained).is_dir():
+        pipe = DeblurVideoPipeline(**parts)
+    elif not Path(cfg.pretrained).is_dir():
         raise FileNotFoundError(f"--pretrained {cfg.pretrained}: no such pipeline folder")
-    return DeblurVideoPipeline.from_pretrained(cfg.pretrained, torch_dtype=torch.float32, **components)
+    else:
+        pipe = DeblurVideoPipeline.from_pretrained(cfg.pretrained, torch_dtype=torch.float32, **components)
+    have = pipe.config.get("prior_method")
+    if cfg.prior_method and have and cfg.prior_method != have:
+        raise ValueError(f"prior_method {cfg.prior_method}: the base {cfg.pretrained} refines {have} output")
+    if cfg.prior_method and not have:
+        pipe = add_prior_input(pipe, cfg.prior_method)
+    if unet is not None:
+        pipe = DeblurVideoPipeline(**{**pipe.components, "unet": unet}, **pipeline_config(pipe))
+    return pipe
 
 
 def load_teacher(cfg: DiffusionTrainConfig, blur_encoder):
@@ -136,11 +149,12 @@ class DeblurTrainModel(nn.Module):
         self.blur_encoder = blur_encoder
 
     def forward(self, noisy_latents, blur_latents, timesteps, blurry, drop_prob: float = 0.0, generator=None,
-                align_images=None):
-        """`blurry` (B, 3, F, H, W) in [0, 1]; returns `(prediction (B, C, F, h, w), embeds or None)`."""
+                align_images=None, prior_latents=None):
+        """`blurry` (B, 3, F, H, W) in [0, 1], `prior_latents` those of the prior for a UNet that refines one;
+        returns `(prediction (B, C, F, h, w), embeds or None)`."""
         tokens = self.blur_encoder(blurry)
         tokens = drop_tokens(tokens, drop_prob, generator=generator)
-        model_input = build_unet_input(noisy_latents, blur_latents)
+        model_input = build_unet_input(noisy_latents, blur_latents, prior_latents)
         pred = self.unet(model_input, timesteps, encoder_hidden_states=tokens, return_dict=False)[0]
         embeds = self.blur_encoder.embed_images(align_images) if align_images is not None else None
         return pred, embeds

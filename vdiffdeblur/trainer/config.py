@@ -30,6 +30,9 @@ class DiffusionTrainConfig:
     pretrained: str | None = None  # a DeblurVideoPipeline folder, or "tiny" (a tiny random one, for CPU tests)
     tiny_seed: int = 0
     tiny_prediction_type: str = "epsilon"
+    # "transfer" / "dtb": the UNet refines that method's output (its conv_in widened for the prior's latents when the
+    # base has none); None: the base's own prior_method
+    prior_method: str | None = None
     teacher_encoder: str | None = None  # image encoder 1; default: a frozen copy of the starting blur encoder
     output_dir: str | None = None  # default deblur-stage<N>
     seed: int = 0
@@ -103,6 +106,8 @@ class DiffusionTrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.tiny_prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"tiny_prediction_type must be epsilon or v_prediction, got {self.tiny_prediction_type!r}")
+        if self.prior_method not in (None, "transfer", "dtb"):
+            raise ValueError(f"prior_method must be transfer, dtb or None, got {self.prior_method!r}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.coherence_reduction not in ("sum_frames", "mean", "sum"):

@@ -9,10 +9,15 @@ different clips.
 
 Validation clips are held out: camera shake made from EVAL_PHOTOS (never trained on) with fixed seeds, or the
 first clips of a paired folder.
+
+With `prior_method`, every item also holds ``"prior"``: that fast method's output (`PriorClips`). For synthetic
+clips it is computed once per whole clip, as inference computes it over a video, kept in memory, and cut like
+the item; a paired item's prior is computed on the item's own frames.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +28,53 @@ from ..data.paired import PairedVideoDataset
 from ..data.shake_dataset import SyntheticShakeDataset
 from ..data.synthetic import ShakeConfig, synthesize_shake
 from .config import DiffusionTrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _to_uint8(clip: torch.Tensor) -> np.ndarray:
+    """float (F, 3, H, W) in [0, 1] -> uint8 (F, H, W, 3)."""
+    return (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+class PriorClips(Dataset):
+    """`dataset`'s items plus ``"prior"`` (float32 (F, 3, H, W) in [0, 1]): `method`'s output on the item's clip.
+    On a `SyntheticShakeDataset` the prior of synthetic clip k is computed once over the whole clip and cut like
+    each item (its ``start``, ``top``, ``left``); otherwise on the item's frames."""
+
+    def __init__(self, dataset, method: str, device: str = "cpu"):
+        self.dataset, self.method, self.device = dataset, method, device
+        self._clips: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def clip_prior(self, k: int) -> np.ndarray:
+        """The prior of synthetic clip `k`, uint8 (F, H, W, 3), computed on first use."""
+        if k not in self._clips:
+            from ..methods.diffusion import prior_frames
+
+            self._clips[k] = prior_frames(self.method, self.dataset.clip(k)[1], device=self.device)
+            logger.debug("prior (%s) of clip %d computed", self.method, k)
+        return self._clips[k]
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        f, _, h, w = item["blurry"].shape
+        if isinstance(self.dataset, SyntheticShakeDataset):
+            prior = self.clip_prior(index % self.dataset.num_clips)
+            top, left, start = item["top"], item["left"], item["start"]
+            prior = prior[start:start + f, top:top + h, left:left + w]
+        else:
+            from ..methods.diffusion import prior_frames
+
+            prior = prior_frames(self.method, _to_uint8(item["blurry"]), device=self.device)
+        item["prior"] = torch.from_numpy(np.ascontiguousarray(prior)).permute(0, 3, 1, 2).float().div(255.0)
+        return item
 
 
 class ShuffledView(Dataset):
@@ -52,9 +104,10 @@ class ShuffledView(Dataset):
         return item
 
 
-def build_train_dataset(cfg: DiffusionTrainConfig) -> ShuffledView:
+def build_train_dataset(cfg: DiffusionTrainConfig, prior_method: str | None = None) -> ShuffledView:
     """The training dataset: one epoch is `samples_per_clip` items per synthetic clip (or paired sequence). Its
-    length does not depend on the number of steps, so a run cut short and resumed reads the same data."""
+    length does not depend on the number of steps, so a run cut short and resumed reads the same data. With
+    `prior_method`, items hold that method's output too (`PriorClips`)."""
     if cfg.train_data == "synthetic":
         ds = SyntheticShakeDataset(
             sources=list(cfg.photos), num_clips=cfg.num_clips, clip_len=cfg.clip_len, crop=cfg.crop or None,
@@ -64,6 +117,8 @@ def build_train_dataset(cfg: DiffusionTrainConfig) -> ShuffledView:
     else:
         ds = PairedVideoDataset(cfg.train_data, layout=cfg.layout, clip_len=cfg.clip_len, crop=cfg.crop or None,
                                 samples_per_sequence=cfg.samples_per_clip, seed=cfg.seed, flip=True)
+    if prior_method:
+        ds = PriorClips(ds, prior_method)
     return ShuffledView(ds, seed=cfg.seed)
 
 
@@ -71,8 +126,11 @@ def collate(items: list[dict]) -> dict:
     """Stack clips (B, F, 3, H, W); keep a string id per sample (which clip, epoch, crop) for bookkeeping."""
     ids = [f"e{it.get('epoch', 0)}:i{it.get('index', -1)}:{it.get('sequence', '?')}@{it.get('start', 0)}"
            f"+{it.get('top', 0)},{it.get('left', 0)}" for it in items]
-    return {"blurry": torch.stack([i["blurry"] for i in items]), "sharp": torch.stack([i["sharp"] for i in items]),
-            "ids": ids}
+    batch = {"blurry": torch.stack([i["blurry"] for i in items]), "sharp": torch.stack([i["sharp"] for i in items]),
+             "ids": ids}
+    if "prior" in items[0]:
+        batch["prior"] = torch.stack([i["prior"] for i in items])
+    return batch
 
 
 @dataclass
@@ -80,10 +138,22 @@ class ValidationClip:
     name: str
     blurry: np.ndarray  # uint8 (F, H, W, 3)
     sharp: np.ndarray
+    prior: np.ndarray | None = None  # the fast method's output, for a UNet that refines one
 
 
-def validation_clips(cfg: DiffusionTrainConfig) -> list[ValidationClip]:
-    """The held-out clips validation runs on (none when `validation_data` is None or no clips are asked for)."""
+def validation_clips(cfg: DiffusionTrainConfig, prior_method: str | None = None) -> list[ValidationClip]:
+    """The held-out clips validation runs on (none when `validation_data` is None or no clips are asked for),
+    with `prior_method`'s output when given."""
+    clips = _validation_clips(cfg)
+    if prior_method:
+        from ..methods.diffusion import prior_frames
+
+        for c in clips:
+            c.prior = prior_frames(prior_method, c.blurry)
+    return clips
+
+
+def _validation_clips(cfg: DiffusionTrainConfig) -> list[ValidationClip]:
     n = cfg.num_validation_clips
     if not cfg.validation_data or n < 1:
         return []

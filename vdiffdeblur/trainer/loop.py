@@ -100,6 +100,8 @@ def train(cfg: DiffusionTrainConfig) -> dict:
     # the base folder's output parameterisation, carried into validation (training targets follow it too)
     sampling = {k: bool(base.config.get(k, False)) for k in ("residual_decode", "residual_latents")}
     sampling["residual_scale"] = float(base.config.get("residual_scale", 1.0))
+    # the fast method whose output the UNet refines (load_base_pipeline widened the UNet for it if needed)
+    prior_method = sampling["prior_method"] = base.config.get("prior_method")
     noise_scheduler = training_scheduler(base.scheduler)
     spatial_multiple = base.spatial_multiple
     teacher = load_teacher(cfg, blur_encoder) if cfg.alignment_weight > 0 else None
@@ -131,7 +133,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
                 sum(p.numel() for p in trainable) / 1e6,
                 "all" if cfg.stage == 2 else ("conv_in new channels" if cfg.train_conv_in else "frozen"), "all")
 
-    dataset = build_train_dataset(cfg)
+    dataset = build_train_dataset(cfg, prior_method)
     if len(dataset) < cfg.train_batch_size * nproc:
         raise ValueError(f"the training data holds {len(dataset)} clips per epoch, fewer than one batch on every "
                          f"process ({cfg.train_batch_size} x {nproc}); raise num_clips / samples_per_clip")
@@ -163,7 +165,7 @@ def train(cfg: DiffusionTrainConfig) -> dict:
 
     log_path = output_dir / "training_log.json"
     history = read_history(log_path, global_step)
-    val_clips = validation_clips(cfg) if accelerator.is_main_process else []
+    val_clips = validation_clips(cfg, prior_method) if accelerator.is_main_process else []
 
     def validate(step: int) -> dict:
         return _validate(cfg, accelerator, model, vae, noise_scheduler, scheduler_config, sampling, val_clips, weights,
@@ -194,7 +196,9 @@ def train(cfg: DiffusionTrainConfig) -> dict:
                 torch.manual_seed(seed ^ 0x5DEECE66D)
                 blurry = to_diffusers_layout(batch["blurry"]).to(accelerator.device)
                 sharp = to_diffusers_layout(batch["sharp"]).to(accelerator.device)
-                losses = compute_losses(model, vae, noise_scheduler, blurry, sharp, weights, g, teacher=teacher)
+                prior = to_diffusers_layout(batch["prior"]).to(accelerator.device) if "prior" in batch else None
+                losses = compute_losses(model, vae, noise_scheduler, blurry, sharp, weights, g, teacher=teacher,
+                                        prior=prior)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)

@@ -27,7 +27,8 @@ class LossWeights:
     condition_dropout: float = 0.0
     coherence_reduction: str = "sum_frames"
     alignment_kind: str = "cosine"
-    residual_latents: bool = False  # denoise z_sharp - z_blurry (the pipeline's `residual_latents`)
+    residual_latents: bool = False  # denoise z_sharp - z_base (the pipeline's `residual_latents`; base: the prior
+    # when there is one, else the blurry clip)
     residual_scale: float = 1.0  # ... times this (the pipeline's `residual_scale`)
 
 
@@ -46,17 +47,20 @@ def to_diffusers_layout(clip: torch.Tensor) -> torch.Tensor:
 
 def compute_losses(model, vae, noise_scheduler, blurry: torch.Tensor, sharp: torch.Tensor,
                    weights: LossWeights, generator: torch.Generator, teacher=None,
-                   timesteps: torch.Tensor | None = None) -> dict:
+                   timesteps: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> dict:
     """The losses of one batch. `model` is a `DeblurTrainModel` (possibly wrapped by Accelerate), `blurry` and
-    `sharp` are (B, 3, F, H, W) in [0, 1] on the model's device. Returns a dict of scalars: ``loss`` (what to
+    `sharp` are (B, 3, F, H, W) in [0, 1] on the model's device; `prior` (same layout) is a fast method's output
+    for a UNet that refines it. Returns a dict of scalars: ``loss`` (what to
     back-propagate), ``diffusion``, ``coherence`` (always computed, for logging) and ``alignment``."""
     device = blurry.device
     vae_dtype = vae.dtype
     with torch.no_grad():
         latents = encode_video_latents(vae, sharp.to(vae_dtype), generator=generator, sample=True).float()
         blur_latents = encode_video_latents(vae, blurry.to(vae_dtype)).float()
+        prior_latents = None if prior is None else encode_video_latents(vae, prior.to(vae_dtype)).float()
     if weights.residual_latents:
-        latents = (latents - blur_latents) * weights.residual_scale
+        base = blur_latents if prior_latents is None else prior_latents
+        latents = (latents - base) * weights.residual_scale
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
     if timesteps is None:
@@ -72,7 +76,7 @@ def compute_losses(model, vae, noise_scheduler, blurry: torch.Tensor, sharp: tor
         idx = select_condition_frames(blurry.shape[2], 1)
         align_images = blurry[:, :, idx[0]]
     pred, embeds = model(noisy, blur_latents, timesteps, blurry, drop_prob=weights.condition_dropout,
-                         generator=generator, align_images=align_images)
+                         generator=generator, align_images=align_images, prior_latents=prior_latents)
     out = {"diffusion": diffusion_loss(pred, target),
            "coherence": temporal_coherence_loss(pred, target, reduction=weights.coherence_reduction)}
     loss = out["diffusion"] + weights.coherence * out["coherence"]

@@ -61,10 +61,12 @@ def validation_loss(model, vae, noise_scheduler, clips: list[ValidationClip], we
     for ci, clip in enumerate(clips):
         blurry = _as_clip(_crop_to_multiple(clip.blurry, spatial_multiple), device)
         sharp = _as_clip(_crop_to_multiple(clip.sharp, spatial_multiple), device)
+        prior = None if clip.prior is None else _as_clip(_crop_to_multiple(clip.prior, spatial_multiple), device)
         for d in range(draws):
             g = torch.Generator().manual_seed(step_seed(seed, 424242, ci, d))
             t = torch.tensor([int((d + 0.5) / draws * num_t)])
-            out = compute_losses(model, vae, noise_scheduler, blurry, sharp, w, g, teacher=teacher, timesteps=t)
+            out = compute_losses(model, vae, noise_scheduler, blurry, sharp, w, g, teacher=teacher, timesteps=t,
+                                 prior=prior)
             for k, v in out.items():
                 totals.setdefault(k, []).append(float(v))
     return {k: float(np.mean(v)) for k, v in totals.items()}
@@ -82,8 +84,8 @@ def run_pipeline_validation(pipe, clips: list[ValidationClip], num_inference_ste
     for i, clip in enumerate(clips):
         figures["vae_psnr"].append(vae_ceiling_psnr(pipe, clip.sharp))
         g = torch.Generator().manual_seed(seed + i)
-        frames = pipe(clip.blurry, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=g, output_type="np").frames[0]
+        frames = pipe(clip.blurry, prior=clip.prior, num_inference_steps=num_inference_steps,
+                      guidance_scale=guidance_scale, generator=g, output_type="np").frames[0]
         result = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
         s = score(result, clip.sharp, blurry=clip.blurry, with_ewarp=False)
         figures["psnr"].append(s.mean_psnr)
@@ -118,7 +120,8 @@ def vae_ceiling_psnr(pipe, sharp: np.ndarray) -> float:
 
 
 def make_validation_pipeline(vae, unet, blur_encoder, scheduler_config, residual_decode: bool = False,
-                             residual_latents: bool = False, residual_scale: float = 1.0):
+                             residual_latents: bool = False, residual_scale: float = 1.0,
+                             prior_method: str | None = None):
     """A `DeblurVideoPipeline` over the training modules themselves (no copy), with a DDIM scheduler;
     `residual_decode` / `residual_latents` as the base pipeline saves them."""
     from diffusers import DDIMScheduler
@@ -127,6 +130,7 @@ def make_validation_pipeline(vae, unet, blur_encoder, scheduler_config, residual
 
     pipe = DeblurVideoPipeline(vae=vae, unet=unet, blur_encoder=blur_encoder,
                                scheduler=DDIMScheduler.from_config(scheduler_config), residual_decode=residual_decode,
-                               residual_latents=residual_latents, residual_scale=residual_scale)
+                               residual_latents=residual_latents, residual_scale=residual_scale,
+                               prior_method=prior_method)
     pipe.set_progress_bar_config(disable=True)
     return pipe
