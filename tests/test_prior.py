@@ -309,3 +309,18 @@ def test_training_target_is_the_residual_against_the_prior():
     torch.testing.assert_close(echo.prior_latents, zp)
     out = compute_losses(echo, c["vae"], sched, blurry, sharp, w, gen(9), timesteps=t)  # against the blurry clip
     assert float(out["diffusion"]) > 1e-4 and echo.prior_latents is None
+
+
+def test_small_factory_and_dtb_prior():
+    from vdiffdeblur.methods.diffusion import prior_frames
+    from vdiffdeblur.pipelines.small import SMALL_SAMPLING, make_small_pipeline
+
+    vae = tiny_components(seed=0)["vae"]
+    pipe = make_small_pipeline(vae, prior_method="dtb")
+    c = vae.config.latent_channels
+    assert pipe.prior_method == "dtb" and pipe.unet.config.in_channels == 3 * c
+    assert torch.count_nonzero(pipe.unet.conv_in.weight[:, 2 * c:]) == 0
+    assert all(pipe.config[k] == v for k, v in SMALL_SAMPLING.items())  # the sampling defaults are kept
+    frames = clip(frames=3, h=32, w=48)
+    out = prior_frames("dtb", frames)  # the shipped DTB model, its defaults
+    assert out.shape == frames.shape and out.dtype == np.uint8 and not np.array_equal(out, frames)
