@@ -288,8 +288,10 @@ def test_killed_runs_leave_no_partial_output(sig, tmp_path):
     script.write_text(_SLOW_RUN)
     for out, extra in ((out_dir / "o.mkv", ["--lossless"]), (out_dir / "frames", [])):  # FFV1 writes at once
         ready.unlink(missing_ok=True)
+        # a suite started as a background job ignores SIGINT, and a child inherits that: start it as a shell would
         p = subprocess.Popen([sys.executable, str(script), str(ready), str(src), str(out), *extra],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.05)
