@@ -211,7 +211,8 @@ def write_markdown(path: Path, summary: list[dict], missing: dict, args, pngs: l
              + " \"Hard third\": the blurriest third of each clip's frames by the known "
              "blur extent. Gains are against the blurry input. \"Worse\": frames that lost more than 0.3 dB. "
              "E_warp: warping error with the ground truth's flow (lower is steadier). Time and peak memory: "
-             "one process per method on 2 CPU cores, decoding and encoding included"
+             "one process per method, each with `--threads 1` (so every quality figure is the same whatever "
+             "the machine's load), on 2 CPU cores, decoding and encoding included"
              + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if os.environ.get("OMP_NUM_THREADS") else "")
              + " (the machine is shared, so times are indicative).", "",
              "| method | PSNR | SSIM | PSNR hard third | SSIM hard third | gain | gain hard third | E_warp x1e3 "
