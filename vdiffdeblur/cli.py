@@ -187,10 +187,9 @@ def _check_deblur_args(args) -> None:
 
 
 def cmd_deblur(args) -> int:
-    from .methods.batch import world_size
     from .methods.runner import deblur_file
     from .outputs import check_output
-    from .threads import set_threads
+    from .threads import set_threads, world_size
 
     if len(args.inputs) > 1:
         return _deblur_many(args)

@@ -40,12 +40,21 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def local_processes() -> int:
-    """Processes of this launch on this machine (``LOCAL_WORLD_SIZE``; 1 outside a launcher)."""
+def _launch_count(name: str) -> int:
     try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(1, int(os.environ.get(name, "1")))
     except ValueError:
         return 1
+
+
+def local_processes() -> int:
+    """Processes of this launch on this machine (``LOCAL_WORLD_SIZE``; 1 outside a launcher)."""
+    return _launch_count("LOCAL_WORLD_SIZE")
+
+
+def world_size() -> int:
+    """Processes of this launch on every machine (``WORLD_SIZE``; 1 outside a launcher)."""
+    return _launch_count("WORLD_SIZE")
 
 
 def default_threads() -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..outputs import OutputError, check_output, same_file, writing_atomically
+from ..threads import world_size
 from ..video import WRITE_SUFFIXES, probe
 from .options import split_options
 
@@ -99,13 +99,6 @@ def plan(inputs, out_dir, suffix: str | None = None, overwrite: bool = False) ->
 
 
 # --------------------------------------------------------------------------------------- processes
-def world_size() -> int:
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
 class _Processes:
     """This process's share of the work: everything when alone, Accelerate's split under a launcher."""
 

@@ -8,12 +8,13 @@ from contextlib import contextmanager
 
 import torch
 
+from ...threads import available_cores
+
 
 def auto_threads() -> int:
     """CPU threads worth using now: the cores this process may run on minus the load already on them (at
     least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = max(1, min(cores, torch.get_num_threads()))
+    cores = max(1, min(available_cores(), torch.get_num_threads()))
     try:
         busy = os.getloadavg()[0]
     except (OSError, AttributeError):
