@@ -296,6 +296,42 @@ def test_vae_trainer_logs_eval_psnr_per_photo_every_eval_steps(tmp_path):
         assert e["eval_psnr"] == pytest.approx(np.mean(list(e["eval_psnr_per_photo"].values())))
 
 
+def test_vae_cooldown_schedule_warms_up_holds_then_falls_to_zero():
+    from vdiffdeblur.trainer.vae import lr_factor
+
+    cfg = _vae_cfg(Path("."), max_train_steps=10, cooldown_steps=4, lr_warmup_steps=2,
+                   lr_scheduler="constant_with_warmup")
+    assert [lr_factor(cfg, s) for s in range(11)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0]
+    with pytest.raises(ValueError, match="constant"):
+        _vae_cfg(Path("."), cooldown_steps=2, lr_scheduler="cosine")
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        _vae_cfg(Path("."), cooldown_steps=5)
+
+
+def test_vae_cooldown_branch_and_ema_export_the_average(tmp_path):
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from vdiffdeblur.trainer.vae import train_vae
+
+    train_vae(_vae_cfg(tmp_path, output_dir=str(tmp_path / "plain")))
+    # the same constant-lr run with an EMA: the same training weights, the average exported
+    train_vae(_vae_cfg(tmp_path, ema_decay=0.5, eval_steps=2))
+    log = json.loads((tmp_path / "vae" / "training_log.json").read_text())
+    assert all("eval_psnr_raw" in e for e in log if "eval_psnr" in e)
+    a, b = (load_file(tmp_path / d / "checkpoint-2" / "model.safetensors") for d in ("plain", "vae"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "vae" / "checkpoint-2" / "vae_ema" / "config.json").is_file()
+    plain, averaged = (AutoencoderKL.from_pretrained(tmp_path / d / "vae", use_safetensors=True)
+                       for d in ("plain", "vae"))
+    assert any(not torch.equal(x, y) for x, y in zip(plain.state_dict().values(), averaged.state_dict().values()))
+    # a cool-down branching from checkpoint 2: the lr falls to 0 over its last 2 steps
+    train_vae(_vae_cfg(tmp_path, output_dir=str(tmp_path / "cool"), ema_decay=0.5, cooldown_steps=2,
+                       resume_from_checkpoint=str(tmp_path / "vae" / "checkpoint-2"), checkpointing_steps=0))
+    lrs = {e["step"]: e["lr"] for e in json.loads((tmp_path / "cool" / "training_log.json").read_text())}
+    assert lrs[4] == 0.0
+
+
 def test_vae_f4c16_recipe_is_the_shipped_vae_with_16_channels_trained_longer():
     from vdiffdeblur.trainer import recipes as R
     from vdiffdeblur.trainer.vae import vae_cli
@@ -307,7 +343,8 @@ def test_vae_f4c16_recipe_is_the_shipped_vae_with_16_channels_trained_longer():
     new = cli.parse(["--config", str(R.CONFIGS / "vae_f4c16.yaml")])
     old = cli.parse(["--config", str(R.CONFIGS / "small_vae.yaml")])
     changed = {k for k, v in vars(new).items() if getattr(old, k) != v}
-    assert changed == {"output_dir", "latent_channels", "max_train_steps", "checkpointing_steps", "eval_steps"}
+    assert changed == {"output_dir", "latent_channels", "max_train_steps", "checkpointing_steps", "eval_steps",
+                       "ema_decay"}
     assert new.latent_channels == 16 and 2 ** (len(new.block_out_channels) - 1) == 4
     assert new.lr_scheduler == "constant_with_warmup"  # stopping at a checkpoint and going on is one run
     argv = R.trainer_argv(recipe, recipe.models[0], stage, Path("w"), resume=True)

@@ -53,6 +53,10 @@ class VAETrainConfig:
     learning_rate: float = 1e-3
     lr_warmup_steps: int = 100
     lr_scheduler: str = "cosine"
+    # warmup-stable-decay: with a constant schedule, the lr falls linearly to 0 over the last `cooldown_steps`
+    # steps, so a cool-down can branch from any checkpoint of a constant-lr run (0: off)
+    cooldown_steps: int = 0
+    ema_decay: float = 0.0  # > 0: an EMA of the weights (diffusers EMAModel) is what is evaluated and exported
     kl_weight: float = 1e-6
     l1_weight: float = 0.1
     edge_weight: float = 0.0  # L1 between the horizontal/vertical differences of the round trip and the crop
@@ -77,6 +81,12 @@ class VAETrainConfig:
             raise ValueError(f"crop {self.crop} must be a multiple of the VAE factor {m}")
         if not 0.0 <= self.color_jitter < 1.0:
             raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
+        if self.cooldown_steps and self.lr_scheduler not in ("constant", "constant_with_warmup"):
+            raise ValueError(f"cooldown_steps needs a constant lr_scheduler, got {self.lr_scheduler!r}")
+        if not 0 <= self.cooldown_steps <= self.max_train_steps:
+            raise ValueError(f"cooldown_steps must be in [0, max_train_steps], got {self.cooldown_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def vae_config(self) -> dict:
         n = len(self.block_out_channels)
@@ -162,6 +172,24 @@ def latent_std(vae, photos, cfg: VAETrainConfig) -> float:
 
 
 # --------------------------------------------------------------------------------------------- training
+def lr_factor(cfg: VAETrainConfig, step: int) -> float:
+    """The learning rate's factor at `step` with `cooldown_steps`: linear warm-up, constant, then linear to 0."""
+    if step < cfg.lr_warmup_steps:
+        return (step + 1) / max(1, cfg.lr_warmup_steps) if cfg.lr_scheduler == "constant_with_warmup" else 1.0
+    start = cfg.max_train_steps - cfg.cooldown_steps
+    return 1.0 if step < start else max(0.0, (cfg.max_train_steps - step) / cfg.cooldown_steps)
+
+
+def make_scheduler(cfg: VAETrainConfig, optimizer, num_processes: int = 1):
+    from diffusers.optimization import get_scheduler
+
+    if not cfg.cooldown_steps:
+        return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                             num_training_steps=cfg.max_train_steps)
+    # Accelerate steps a prepared scheduler once per process at every optimisation step
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s // num_processes))
+
+
 def vae_losses(vae, x: torch.Tensor, cfg: VAETrainConfig, generator: torch.Generator) -> dict:
     """x (B, 3, H, W) in [0, 1] -> {"loss", "mse", "l1", "kl", "edge"} of a round trip through a posterior
     sample (or its mode, without `cfg.sample_posterior`)."""
@@ -189,8 +217,6 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import AutoencoderKL
-    from diffusers.optimization import get_scheduler
-
     set_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,9 +229,14 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     logger.info("VAE: %.3fM parameters, factor %d, %d latent channels", sum(p.numel() for p in vae.parameters()) / 1e6,
                 2 ** (len(cfg.block_out_channels) - 1), cfg.latent_channels)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                 num_training_steps=cfg.max_train_steps)
+    lr_scheduler = make_scheduler(cfg, optimizer, accelerator.num_processes)
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
+    ema = None
+    if cfg.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        raw = accelerator.unwrap_model(vae)
+        ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, model_cls=AutoencoderKL, model_config=raw.config)
     photos = load_photos(cfg.photos)
     evals = dict(zip(cfg.eval_photos, eval_images(cfg.eval_photos, cfg.eval_size)))
 
@@ -215,6 +246,12 @@ def train_vae(cfg: VAETrainConfig) -> dict:
         step = checkpoint_step(resume)
         history = read_history(out / "training_log.json", step)
         logger.info("resumed from %s at step %d", resume, step)
+        if cfg.cooldown_steps:
+            # the lr follows this run's schedule (a cool-down branching from a constant-lr checkpoint)
+            for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+                group["lr"] = cfg.learning_rate * lr_factor(cfg, step)
+        if ema is not None:
+            load_ema(ema, resume, accelerator.unwrap_model(vae))
 
     # a resumed run's elapsed time goes on from where its log stopped, so the curve's time axis is the run's
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
@@ -233,6 +270,8 @@ def train_vae(cfg: VAETrainConfig) -> dict:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(vae).parameters())
             step += 1
             running.append(losses["mse"].item())
             bar.update(1)
@@ -243,7 +282,11 @@ def train_vae(cfg: VAETrainConfig) -> dict:
                          "lr": float(lr_scheduler.get_last_lr()[0]), "seconds": time.perf_counter() - t0}
                 if step % cfg.eval_steps == 0 or step == cfg.max_train_steps:
                     vae.eval()
-                    ps = reconstruction_psnr(accelerator.unwrap_model(vae), evals)
+                    if ema is not None:  # the raw weights too, to see what the average adds
+                        raw = reconstruction_psnr(accelerator.unwrap_model(vae), evals)
+                        entry["eval_psnr_raw"] = float(np.mean(list(raw.values())))
+                    with ema_weights(ema, accelerator.unwrap_model(vae)):
+                        ps = reconstruction_psnr(accelerator.unwrap_model(vae), evals)
                     vae.train()
                     entry["eval_psnr"] = float(np.mean(list(ps.values())))
                     entry["eval_psnr_per_photo"] = ps
@@ -253,9 +296,12 @@ def train_vae(cfg: VAETrainConfig) -> dict:
                 write_history(out / "training_log.json", history)
             if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and step < cfg.max_train_steps:
                 # every process saves (each adds its own RNG state)
-                save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, every_process=True)
+                save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, every_process=True,
+                                extra=None if ema is None else (lambda folder: ema.save_pretrained(folder / EMA_DIR)))
 
     vae = accelerator.unwrap_model(vae).eval()
+    if ema is not None:
+        ema.copy_to(vae.parameters())
     std = latent_std(vae, photos, cfg)
     vae.register_to_config(scaling_factor=1.0 / std)
     per_photo = reconstruction_psnr(vae, evals)
@@ -271,6 +317,38 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     logger.info("VAE saved to %s: EVAL reconstruction PSNR %.2f dB (%s)", out / "vae", summary["eval_psnr_mean"],
                 ", ".join(f"{k} {v:.2f}" for k, v in per_photo.items()))
     return summary
+
+
+EMA_DIR = "vae_ema"
+
+
+def load_ema(ema, checkpoint: Path, vae) -> None:
+    """The EMA saved in `checkpoint`; a checkpoint without one (EMA switched on later) starts it from the weights."""
+    from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel
+
+    folder = Path(checkpoint) / EMA_DIR
+    if folder.is_dir():
+        ema.load_state_dict(EMAModel.from_pretrained(folder, model_cls=AutoencoderKL).state_dict())
+    else:
+        logger.warning("%s has no %s/: the EMA starts from its weights", checkpoint, EMA_DIR)
+        ema.shadow_params = [p.detach().clone() for p in vae.parameters()]
+
+
+class ema_weights:
+    """`with ema_weights(ema, vae):` evaluates with the EMA weights and puts the training weights back after."""
+
+    def __init__(self, ema, vae):
+        self.ema, self.vae = ema, vae
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.ema.store(self.vae.parameters())
+            self.ema.copy_to(self.vae.parameters())
+
+    def __exit__(self, *exc):
+        if self.ema is not None:
+            self.ema.restore(self.vae.parameters())
 
 
 def vae_card(cfg: VAETrainConfig, summary: dict) -> str:
