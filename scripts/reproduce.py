@@ -5,7 +5,9 @@
     python scripts/reproduce.py dtb --launch accelerate      # every trainer through `accelerate launch` (a GPU)
 
 Each stage runs as its own process (OMP_NUM_THREADS=1) into ``<work>/<model>/<stage>``. A stage whose output is
-complete is skipped (an error if its record disagrees with the recipe), one with a checkpoint resumes from it.
+complete is skipped (an error if its record disagrees with the recipe), one with a checkpoint resumes from it; a
+stage with none of its own but a ``carried`` checkpoint in the repository (a long run an earlier session stopped)
+starts from a copy of that.
 Then the network files and every stage's records are copied into ``vdiffdeblur/checkpoints/<ship_to>`` as
 ``<stage>_<file>`` (hand-written model cards stay). ``--dry-run`` prints the commands and copies instead.
 """
@@ -74,7 +76,14 @@ def reproduce(recipe, work: Path, ship_root: Path, dry: bool, launch: str | None
             if _complete(recipe, model, stage, work):
                 print(f"# {stage.name}: complete in {out}, skipped", flush=True)
                 continue
-            resume = stage.script in R.trainers() and bool(list_checkpoints(R.ROOT / out))
+            carried = R.carried_checkpoint(stage)
+            if carried is not None and not list_checkpoints(R.ROOT / out):
+                print(f"cp -r {R.shell([str(_from_root(carried)), str(out)])}" if dry else
+                      f"# {stage.name}: going on from the carried {_from_root(carried)}", flush=True)
+                if not dry:
+                    R.start_from_carried(stage, R.ROOT / out)
+            resume = stage.script in R.trainers() and (bool(list_checkpoints(R.ROOT / out)) or
+                                                        (dry and carried is not None))
             _run(R.command(recipe, model, stage, work, ship_root, resume=resume, launch=launch,
                            accelerate_args=accelerate_args), dry, f"{model.name} {stage.name} ({stage.script})")
         ship = R.ship_command(recipe, model, work, ship_root)

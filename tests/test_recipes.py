@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import load_script
 
 from vdiffdeblur.data.synthetic import EVAL_PHOTOS
@@ -159,3 +161,34 @@ def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path, capsys):
     assert reproduce.main([str(recipe), "--dry-run", "--work", str(tmp_path / "work")]) == 0
     first, second = [ln for ln in capsys.readouterr().out.splitlines() if "train_dtb.py" in ln]
     assert first.endswith("--resume_from_checkpoint latest") and "--resume_from_checkpoint" not in second
+
+
+def test_a_stage_with_no_checkpoint_goes_on_from_its_carried_one(tmp_path, capsys):
+    """A long run stopped in an earlier session is committed as a `carried` checkpoint: a fresh work folder starts
+    from a copy of it (log included) and ends where the uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    reproduce = load_script("reproduce")
+    stage = {"script": "training/train_dtb.py", "records": ["training_config.json", "training_log.json"],
+             "name": "stage1", "overrides": {**TINY, "checkpointing_steps": 1, "checkpoints_total_limit": None}}
+    recipe = {"models": {"tiny": {"ship_to": "tiny", "overrides": {"variant": "cnn"}}},
+              "ship": {"files": ["config.json", "diffusion_pytorch_model.safetensors"]}, "stages": [stage]}
+    whole = _write(tmp_path / "whole.yaml", json.dumps(recipe))
+    assert reproduce.main([str(whole), "--work", str(tmp_path / "a"), "--ship", str(tmp_path / "ship_a")]) == 0
+    ran = tmp_path / "a" / "tiny" / "stage1"
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    shutil.copytree(ran / "checkpoint-1", carried / "checkpoint-1")
+    log = [e for e in json.loads((ran / "training_log.json").read_text()) if e["step"] <= 1]
+    (carried / "training_log.json").write_text(json.dumps(log))
+    cont = _write(tmp_path / "cont.yaml", json.dumps({**recipe, "stages": [{**stage, "carried": str(carried)}]}))
+    capsys.readouterr()
+    assert reproduce.main([str(cont), "--work", str(tmp_path / "b"), "--ship", str(tmp_path / "ship_b")]) == 0
+    out = capsys.readouterr().out
+    assert "going on from the carried" in out and "--resume_from_checkpoint latest" in out
+    a, b = (load_file(tmp_path / d / "tiny" / "diffusion_pytorch_model.safetensors") for d in ("ship_a", "ship_b"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert (carried / "checkpoint-1").is_dir()  # the committed copy is only read
+    with pytest.raises(R.RecipeError, match="holds no checkpoint"):
+        R.load_recipe(_write(tmp_path / "bad.yaml", json.dumps({**recipe, "stages": [
+            {**stage, "carried": str(tmp_path / "nothing")}]})))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class Stage:
     done: tuple = ()
     launch: str = "python"
     args: tuple = ()
+    carried: str | None = None  # a committed checkpoint (+ its log) that a stage with none of its own starts from
 
 
 @dataclass
@@ -102,7 +104,7 @@ class Recipe:
         return next(s for s in self.stages if s.name == name)
 
 
-_STAGE_KEYS = {"name", "script", "config", "overrides", "from", "records", "done", "launch", "args"}
+_STAGE_KEYS = {"name", "script", "config", "overrides", "from", "records", "done", "launch", "args", "carried"}
 
 
 def load_recipe(name_or_path) -> Recipe:
@@ -131,7 +133,7 @@ def load_recipe(name_or_path) -> Recipe:
         stage = Stage(name=str(s["name"]), script=s["script"], config=s.get("config"),
                       overrides=dict(s.get("overrides") or {}), start=s.get("from"),
                       records=tuple(s.get("records") or ()), launch=s.get("launch", "python"),
-                      args=tuple(str(a) for a in s.get("args") or ()))
+                      args=tuple(str(a) for a in s.get("args") or ()), carried=s.get("carried"))
         stage.done = tuple(s.get("done") or stage.records)
         where = f"{path}: stage {stage.name}"
         if stage.name in {t.name for t in stages}:
@@ -150,8 +152,10 @@ def load_recipe(name_or_path) -> Recipe:
                 raise RecipeError(f"{where}: {stage.script} starts from nothing (no from)")
             if stage.config is not None and not (CONFIGS / stage.config).is_file():
                 raise RecipeError(f"{where}: config {stage.config} not found in {CONFIGS}")
-        elif stage.config or stage.overrides or stage.start:
+        elif stage.config or stage.overrides or stage.start or stage.carried:
             raise RecipeError(f"{where}: {stage.script} is not a trainer; give it args")
+        if stage.carried is not None and carried_checkpoint(stage) is None:
+            raise RecipeError(f"{where}: carried {stage.carried} holds no checkpoint-<step>/ folder")
         if not stage.done:
             raise RecipeError(f"{where}: nothing marks it complete (give records or done)")
         stages.append(stage)
@@ -164,6 +168,35 @@ def load_recipe(name_or_path) -> Recipe:
     ship = data.get("ship") or {}
     return Recipe(path.stem, path, models, stages, tuple(ship.get("files") or ()),
                   tuple(str(a) for a in ship.get("command") or ()))
+
+
+def carried_checkpoint(stage: Stage) -> Path | None:
+    """The newest complete checkpoint in the stage's `carried` folder (relative to the repository root)."""
+    from .checkpoints import list_checkpoints, verify_checkpoint
+
+    if stage.carried is None:
+        return None
+    found = [c for c in list_checkpoints(ROOT / stage.carried) if verify_checkpoint(c) is None]
+    return found[-1] if found else None
+
+
+def start_from_carried(stage: Stage, out: Path) -> Path | None:
+    """Copy the stage's carried checkpoint and its `training_log.json` into `out` (a stage output with no
+    checkpoint of its own), so that a long run goes on where an earlier session stopped; returns the copy."""
+    from .checkpoints import list_checkpoints
+
+    src = carried_checkpoint(stage)
+    if src is None or list_checkpoints(out):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{src.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    log = src.parent / "training_log.json"
+    if log.is_file() and not (out / log.name).exists():
+        shutil.copy2(log, out / log.name)
+    os.rename(tmp, out / src.name)  # only a complete copy gets the checkpoint's name
+    return out / src.name
 
 
 def to_argv(options: dict) -> list[str]:
