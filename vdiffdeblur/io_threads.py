@@ -26,7 +26,8 @@ class _Failed:
 class Prefetch:
     """Iterate ``items`` in a background thread, ``size`` items ahead; use as a context manager.
 
-    ``busy_s``: seconds the thread spent producing items (decoding), for benchmarks.
+    ``busy_s``: seconds the thread spent producing items (decoding), for benchmarks; ``cpu_s``: the CPU time it
+    spent on them (the thread's own, :func:`time.thread_time`).
     """
 
     def __init__(self, items: Iterable, size: int = 4, name: str = "vdiffdeblur-reader"):
@@ -34,7 +35,7 @@ class Prefetch:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.busy_s = 0.0
+        self.busy_s = self.cpu_s = 0.0
 
     def __enter__(self) -> "Prefetch":
         self._thread.start()
@@ -56,13 +57,14 @@ class Prefetch:
         it = iter(self._items)
         try:
             while not self._stop.is_set():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 try:
                     item = next(it)
                 except StopIteration:
                     self._put(_END)
                     return
                 self.busy_s += time.perf_counter() - t0
+                self.cpu_s += time.thread_time() - c0
                 if not self._put(item):
                     return
         except BaseException as e:  # handed to the consumer, who raises it as if it had iterated itself
@@ -92,20 +94,23 @@ class Prefetch:
 
 
 class BackgroundWriter:
-    """Call ``write(*args)`` for every :meth:`put` in a background thread, in order, ``size`` items behind.
+    """Call ``write(*args)`` for every :meth:`put` in a background thread, in order, ``size`` items behind, and
+    ``done()`` (if given: e.g. draining an encoder) after the last one.
 
-    :meth:`finish` waits for every item and raises the first error the thread met; an error is also raised by the
-    next :meth:`put`. Leaving the context with an exception drops what is queued and joins the thread.
-    ``busy_s``: seconds the thread spent writing (encoding), for benchmarks.
+    :meth:`finish` waits for every item and ``done``, and raises the first error the thread met; an error is also
+    raised by the next :meth:`put`. Leaving the context with an exception drops what is queued and joins the thread.
+    ``busy_s``: seconds the thread spent writing (encoding), for benchmarks; ``cpu_s``: the CPU time it spent
+    writing (the thread's own, :func:`time.thread_time`).
     """
 
-    def __init__(self, write, size: int = 4, name: str = "vdiffdeblur-writer"):
+    def __init__(self, write, size: int = 4, name: str = "vdiffdeblur-writer", done=None):
         self._write = write
+        self._done = done
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.busy_s = 0.0
+        self.busy_s = self.cpu_s = 0.0
 
     def __enter__(self) -> "BackgroundWriter":
         self._thread.start()
@@ -124,16 +129,19 @@ class BackgroundWriter:
                 if self._stop.is_set():
                     return
                 continue
-            if item is _END or self._stop.is_set():
+            if self._stop.is_set() or (item is _END and self._done is None):
                 return
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
-                self._write(*item)
+                self._done() if item is _END else self._write(*item)
             except BaseException as e:
                 self._error = e
                 self._stop.set()
                 return
             self.busy_s += time.perf_counter() - t0
+            self.cpu_s += time.thread_time() - c0
+            if item is _END:
+                return
 
     def _raise(self) -> None:
         if self._error is not None:

@@ -307,7 +307,7 @@ class _PyAVSource:
         try:
             with av.open(str(self.path)) as c:
                 stream = c.streams.video[0]
-                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = 1  # in the reader's thread: FFmpeg's threads save no CPU
                 by_index = c.format.name in _CFR_FORMATS
                 for frame in c.decode(stream):
                     pts = frame.pts

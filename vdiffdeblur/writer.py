@@ -28,10 +28,12 @@ from .outputs import (
     temp_sibling,
 )
 from .video import DEFAULT_FPS, VIDEO_SUFFIXES, VideoInfo
+from .yuv import rgb_to_yuv420p, rgb_to_yuv_matrix
 
 logger = logging.getLogger(__name__)
 
 _VP9_OPTIONS = {"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
+_X264_THREADS = {"threads": "1"}  # in the writer's own thread: x264's frame threads cost more CPU beside a busy method
 
 
 class VideoWriter:
@@ -42,10 +44,14 @@ class VideoWriter:
     with the source's colour matrix and range (``like.colour``; else BT.709 for HD, BT.601 below) and tagged with
     them. Frames go to a temporary sibling that is renamed on success and removed on error, so a failed run leaves
     nothing under ``path``; an existing folder is replaced only when it holds nothing but frames this class wrote.
+    x264 runs preset ``veryfast`` in the calling thread (``threads`` 1): the method's threads already fill the cores,
+    and medium or x264's own threads cost about 2x or 1.2x the CPU time (docs/architecture.md, "Decode and
+    encode"); ``preset`` and ``options`` override them. YUV 4:2:0 of the common matrices is made by
+    :mod:`vdiffdeblur.yuv`.
     """
 
     def __init__(self, path, fps: float = DEFAULT_FPS, lossless: bool = False, crf: int = 18,
-                 codec: str | None = None, preset: str = "medium", options: dict | None = None,
+                 codec: str | None = None, preset: str = "veryfast", options: dict | None = None,
                  like: VideoInfo | None = None, copy_streams: bool = True):
         self.path = Path(path)
         if not fps or fps <= 0:
@@ -73,9 +79,11 @@ class VideoWriter:
         self._copier = None
         self._size = None
         self._yuv_args: dict | None = None
+        self._i420: np.ndarray | None = None  # RGB -> YUV matrix of the OpenCV path (vdiffdeblur.yuv)
         self._pts: list[int] = []
         self._time_base: Fraction | None = None
         self._use_pts = False
+        self._flushed = False
 
     # context manager ---------------------------------------------------------------
     def __enter__(self) -> "VideoWriter":
@@ -114,6 +122,8 @@ class VideoWriter:
         ``like.time_base`` (default: one frame period after another)."""
         if self._tmp is None:
             raise RuntimeError("VideoWriter is not open: use it as a context manager")
+        if self._flushed:
+            raise RuntimeError("VideoWriter was flushed: no frame can follow")
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -172,14 +182,14 @@ class VideoWriter:
         options = {}
         if codec == "libx264rgb":
             pix_fmt = "rgb24"
-            options = {"crf": "0" if self.lossless else str(self.crf), "preset": self.preset}
+            options = {"crf": "0" if self.lossless else str(self.crf), "preset": self.preset, **_X264_THREADS}
             if self.lossless:
                 options["qp"] = "0"
         elif codec == "ffv1":
             pix_fmt = "bgr0"
         elif codec in ("libx264", "h264"):
             pix_fmt = "yuv444p" if odd else "yuv420p"
-            options = {"crf": str(self.crf), "preset": self.preset}
+            options = {"crf": str(self.crf), "preset": self.preset, **_X264_THREADS}
             if suffix in _NO_BFRAMES:
                 options["bf"] = "0"
         elif codec in ("libvpx-vp9", "vp9"):
@@ -195,6 +205,7 @@ class VideoWriter:
             d = ColourInfo.default_for(w, h)
             colour = ColourInfo(colour.primaries, colour.transfer, d.matrix, d.range)
         self._yuv_args = None if rgb else colour.encode_args()
+        self._i420 = rgb_to_yuv_matrix(colour.matrix, colour.range) if pix_fmt == "yuv420p" else None
         if self.like is not None and re.search(r"(p|le|be)(9|1[0-6])", self.like.pix_fmt or ""):
             self._note(f"{self.path}: the {self.like.pix_fmt} source is written with 8 bits per channel")
         try:
@@ -232,11 +243,21 @@ class VideoWriter:
     def _encode(self, frame: np.ndarray, pts: int) -> None:
         import av
 
-        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        if self._yuv_args is not None:
-            vf = vf.reformat(format=self._stream.pix_fmt, **self._yuv_args)
+        if self._i420 is not None:
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame, self._i420), format="yuv420p")
+        else:
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if self._yuv_args is not None:
+                vf = vf.reformat(format=self._stream.pix_fmt, **self._yuv_args)
         vf.pts, vf.time_base = pts, self._time_base
         self._mux(self._stream.encode(vf))
+
+    def flush(self) -> None:
+        """Encode the frames the encoder still holds (x264 looks 10-40 frames ahead); no frame can follow.
+        :meth:`close` does it otherwise; calling it first lets a writer thread do that work too."""
+        if self._container is not None and not self._flushed:
+            self._mux(self._stream.encode())
+        self._flushed = True
 
     def close(self) -> None:
         if self._tmp is None:
@@ -250,7 +271,7 @@ class VideoWriter:
                     meta |= {"display_matrix": list(self.like.display_matrix), "rotation": self.like.rotation}
                 (self._tmp / FOLDER_META).write_text(json.dumps(meta))
             if self._container is not None:
-                self._mux(self._stream.encode())
+                self.flush()
                 if self._copier is not None:
                     self._copier.finish()
                     self._copier = None

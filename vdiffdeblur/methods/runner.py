@@ -63,7 +63,8 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
     frame count must equal the input's. On any error (or SIGTERM/SIGHUP in the CLI) nothing is left under
     ``output``. ``overlap``: decode ahead and encode behind in their own threads (:mod:`vdiffdeblur.io_threads`;
     the same output as without). ``overall``: a tqdm bar over several videos, advanced here too. ``stats``: a dict
-    that receives ``wall_s``, ``decode_s`` and ``encode_s`` (seconds spent decoding and encoding).
+    that receives ``wall_s``, ``decode_s`` and ``encode_s`` (seconds spent decoding and encoding) and ``decode_cpu_s``,
+    ``encode_cpu_s`` (their CPU time).
     """
     info = info or probe(source)
     pending: deque = deque()  # the pts of frames pushed in, handed to frames coming out in the same order
@@ -77,7 +78,7 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
         frames = iter_timed_frames(source)
         if overlap:  # entered after the writer, so left before it: the writer thread ends before an abort
             frames = stack.enter_context(Prefetch(frames))
-            sink = stack.enter_context(BackgroundWriter(lambda f, pts: w.write(f, pts=pts)))
+            sink = stack.enter_context(BackgroundWriter(lambda f, pts: w.write(f, pts=pts), done=w.flush))
             put = sink.put
         else:
             sink, put = None, lambda f, pts: w.write(f, pts=pts)
@@ -100,7 +101,8 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
         if n != info.num_frames:
             raise RuntimeError(f"{desc} produced {n} frames for {info.num_frames} input frames")
         if stats is not None and sink is not None:
-            stats.update(decode_s=frames.busy_s, encode_s=sink.busy_s)
+            stats.update(decode_s=frames.busy_s, encode_s=sink.busy_s, decode_cpu_s=frames.cpu_s,
+                         encode_cpu_s=sink.cpu_s)
     if stats is not None:
         stats["wall_s"] = time.perf_counter() - t0
     return info

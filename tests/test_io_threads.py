@@ -1,0 +1,97 @@
+"""Decode and encode in their own threads: the encoder's last frames are drained there too, x264 runs its defaults
+(preset veryfast, one thread, in the writer's thread), and the threads' CPU time is what the benchmark counts."""
+
+import threading
+
+import numpy as np
+import pytest
+from media import scene
+
+from vdiffdeblur.io_threads import BackgroundWriter
+from vdiffdeblur.methods.runner import stream_file
+from vdiffdeblur.video import VideoWriter, probe, read_video, write_video
+
+
+class _Identity:
+    def push(self, frames):
+        return list(frames)
+
+    def flush(self):
+        return []
+
+
+def test_done_runs_after_the_last_item_in_the_writer_thread_and_is_counted():
+    seen = []
+    with BackgroundWriter(lambda i: seen.append((i, threading.current_thread().name)),
+                          done=lambda: seen.append(("done", threading.current_thread().name))) as sink:
+        for i in range(5):
+            sink.put(i)
+        sink.finish()
+    assert [s[0] for s in seen] == [0, 1, 2, 3, 4, "done"]
+    assert {s[1] for s in seen} == {"vdiffdeblur-writer"}
+    assert sink.busy_s > 0 and sink.cpu_s >= 0
+
+
+def test_an_error_in_done_is_raised_by_finish():
+    def done():
+        raise OSError("disk full at the end")
+
+    with pytest.raises(OSError, match="disk full at the end"):
+        with BackgroundWriter(lambda i: None, done=done) as sink:
+            sink.put(1)
+            sink.finish()
+
+
+def test_a_failed_run_does_not_call_done():
+    called = []
+    with pytest.raises(ValueError):
+        with BackgroundWriter(lambda i: None, done=lambda: called.append(1)) as sink:
+            sink.put(1)
+            raise ValueError("the method failed")
+    assert called == []
+
+
+def test_every_packet_is_encoded_in_the_writer_thread_and_its_cpu_time_counted(tmp_path, monkeypatch):
+    src = write_video(tmp_path / "in.mp4", scene(24, 128, 96), fps=30)
+    threads = []
+    mux = VideoWriter._mux
+
+    def spy(self, packets):
+        packets = list(packets)
+        threads.extend(threading.current_thread().name for _ in packets)
+        mux(self, packets)
+
+    monkeypatch.setattr(VideoWriter, "_mux", spy)
+    stats = {}
+    stream_file(src, tmp_path / "out.mp4", _Identity(), probe(src), quiet=True, stats=stats)
+    assert len(threads) == 24 and set(threads) == {"vdiffdeblur-writer"}  # the encoder's flush included
+    assert stats["decode_cpu_s"] > 0 and stats["encode_cpu_s"] > 0
+    assert stats["encode_cpu_s"] <= stats["encode_s"] + 0.05 and stats["decode_cpu_s"] <= stats["decode_s"] + 0.05
+    assert len(read_video(tmp_path / "out.mp4")) == 24
+
+
+def _x264_settings(path) -> str:
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start:data.index(b"\x00", start)].decode()
+
+
+def test_x264_runs_veryfast_in_one_thread_unless_asked_otherwise(tmp_path):
+    clip = scene(4, 320, 240)  # tall enough for x264 to take two threads when asked
+    fast = _x264_settings(write_video(tmp_path / "a.mp4", clip, fps=25))
+    assert " threads=1 " in fast and " subme=2 " in fast and " crf=18.0 " in fast  # veryfast's subme
+    medium = _x264_settings(write_video(tmp_path / "b.mp4", clip, fps=25, preset="medium", options={"threads": "2"}))
+    assert " threads=2 " in medium and " subme=7 " in medium
+
+
+def test_flush_drains_the_encoder_and_then_refuses_frames(tmp_path):
+    clip = scene(12, 64, 48)
+    with VideoWriter(tmp_path / "o.mp4", fps=25) as w:
+        w.write(clip)
+        w.flush()
+        w.flush()  # a second flush does nothing
+        with pytest.raises(RuntimeError, match="flushed"):
+            w.write(clip[:1])
+    back = read_video(tmp_path / "o.mp4").frames
+    assert back.shape == clip.shape
+    assert np.array_equal(back, read_video(write_video(tmp_path / "closed.mp4", clip, fps=25)).frames)
