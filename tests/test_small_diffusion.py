@@ -296,6 +296,16 @@ def test_vae_trainer_logs_eval_psnr_per_photo_every_eval_steps(tmp_path):
         assert e["eval_psnr"] == pytest.approx(np.mean(list(e["eval_psnr_per_photo"].values())))
 
 
+def test_vae_mid_block_attention_can_be_left_out():
+    from diffusers import AutoencoderKL
+
+    with_attn, without = (AutoencoderKL(**_vae_cfg(Path("."), mid_block_attention=a).vae_config()) for a in (1, 0))
+    for part in ("encoder", "decoder"):
+        assert getattr(with_attn, part).mid_block.attentions[0] is not None
+        assert getattr(without, part).mid_block.attentions[0] is None
+    assert sum(p.numel() for p in without.parameters()) < sum(p.numel() for p in with_attn.parameters())
+
+
 def test_vae_cooldown_schedule_warms_up_holds_then_falls_to_zero():
     from vdiffdeblur.trainer.vae import lr_factor
 

@@ -41,6 +41,9 @@ class VAETrainConfig:
     latent_channels: int = 8
     layers_per_block: int = 1
     norm_num_groups: int = 8
+    # the mid block's self-attention over every latent position (diffusers' default): trained on small crops it
+    # attends over far fewer positions than a whole frame has
+    mid_block_attention: bool = True
     # data: random crops of the photos, rescaled by a random factor first (the synthetic clips shrink photos)
     crop: int = 64
     scale_range: tuple = (0.3, 1.0)
@@ -93,7 +96,8 @@ class VAETrainConfig:
         return dict(in_channels=3, out_channels=3, latent_channels=self.latent_channels,
                     down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
                     block_out_channels=list(self.block_out_channels), layers_per_block=self.layers_per_block,
-                    norm_num_groups=self.norm_num_groups, sample_size=self.crop)
+                    norm_num_groups=self.norm_num_groups, sample_size=self.crop,
+                    mid_block_add_attention=self.mid_block_attention)
 
 
 def vae_cli():
