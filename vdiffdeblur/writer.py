@@ -33,7 +33,7 @@ from .yuv import rgb_to_yuv420p, rgb_to_yuv_matrix
 logger = logging.getLogger(__name__)
 
 _VP9_OPTIONS = {"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
-_X264_THREADS = {"threads": "1"}  # in the writer's own thread: x264's frame threads cost more CPU beside a busy method
+_X264_THREADS = {"threads": "1"}  # in the writer's own thread, whose CPU time is counted
 
 
 class VideoWriter:
@@ -45,9 +45,9 @@ class VideoWriter:
     them. Frames go to a temporary sibling that is renamed on success and removed on error, so a failed run leaves
     nothing under ``path``; an existing folder is replaced only when it holds nothing but frames this class wrote.
     x264 runs preset ``veryfast`` in the calling thread (``threads`` 1): the method's threads already fill the cores,
-    and medium or x264's own threads cost about 2x or 1.2x the CPU time (docs/architecture.md, "Decode and
-    encode"); ``preset`` and ``options`` override them. YUV 4:2:0 of the common matrices is made by
-    :mod:`vdiffdeblur.yuv`.
+    medium costs twice the CPU time, and x264's own threads would spend theirs where the writer thread cannot count
+    it (docs/architecture.md, "Decode and encode"); ``preset`` and ``options`` override them. YUV 4:2:0 of the
+    common matrices is made by :mod:`vdiffdeblur.yuv`.
     """
 
     def __init__(self, path, fps: float = DEFAULT_FPS, lossless: bool = False, crf: int = 18,
