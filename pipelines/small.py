@@ -27,6 +27,14 @@ SMALL_UNET_CONFIG = dict(
     cross_attention_dim=32, attention_head_dim=8,
 )
 
+#: the same UNet without attention at the top (full-latent) level: about a third of the time per step at
+#: 320x240 (docs/diffusion.md, "Speed at 320x240"); the layout meant for a model trained on the f4c16 VAE
+SMALL_UNET_CONFIG_LOW_ATTENTION = dict(
+    SMALL_UNET_CONFIG,
+    down_block_types=["DownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    up_block_types=["UpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
+)
+
 #: transformers CLIPVisionConfig fields of the blur encoder's tower (projection = the UNet's cross_attention_dim)
 SMALL_CLIP_VISION_CONFIG = dict(
     hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,

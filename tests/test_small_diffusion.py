@@ -359,3 +359,21 @@ def test_vae_f4c16_recipe_is_the_shipped_vae_with_16_channels_trained_longer():
     assert new.lr_scheduler == "constant_with_warmup"  # stopping at a checkpoint and going on is one run
     argv = R.trainer_argv(recipe, recipe.models[0], stage, Path("w"), resume=True)
     assert argv[-2:] == ["--resume_from_checkpoint", "latest"]
+
+
+def test_layout_benchmark_times_each_part_and_the_low_attention_unet_has_no_top_attention():
+    from helpers import load_script
+
+    from vdiffdeblur.pipelines.small import SMALL_UNET_CONFIG, SMALL_UNET_CONFIG_LOW_ATTENTION
+
+    bench = load_script("benchmark_diffusion_layouts")
+    names = list(bench.LAYOUTS)[-2:]
+    rows = bench.measure(64, 48, frames=2, repeat=1, layouts=names)
+    assert [r["layout"] for r in rows] == names
+    for r in rows:
+        assert min(r["encode"], r["decode"], r["unet_step"]) > 0
+        assert r["steps_4"] == pytest.approx(r["encode"] + r["decode"] + 4 * r["unet_step"])
+    low = SMALL_UNET_CONFIG_LOW_ATTENTION
+    assert low["down_block_types"][0] == "DownBlock3D" and low["up_block_types"][-1] == "UpBlock3D"
+    assert {k: v for k, v in low.items() if "block_types" not in k} == {
+        k: v for k, v in SMALL_UNET_CONFIG.items() if "block_types" not in k}
