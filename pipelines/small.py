@@ -35,6 +35,9 @@ SMALL_UNET_CONFIG_LOW_ATTENTION = dict(
     up_block_types=["UpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
 )
 
+#: `make_small_pipeline(unet_layout=...)`: the shipped layout, or attention only below the top level
+UNET_LAYOUTS = {"attention": SMALL_UNET_CONFIG, "low_attention": SMALL_UNET_CONFIG_LOW_ATTENTION}
+
 #: transformers CLIPVisionConfig fields of the blur encoder's tower (projection = the UNet's cross_attention_dim)
 SMALL_CLIP_VISION_CONFIG = dict(
     hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
@@ -53,22 +56,27 @@ SMALL_SAMPLING = dict(residual_decode=True, residual_latents=True, residual_scal
                       default_guidance_scale=1.0)
 
 
-def small_components(vae, seed: int = 0, num_tokens: int = 4) -> dict:
-    """The untrained `unet`, `blur_encoder` and `scheduler` around a trained `vae`, seeded, float32 on the CPU."""
+def small_components(vae, seed: int = 0, num_tokens: int = 4, unet_layout: str = "attention") -> dict:
+    """The untrained `unet` (`UNET_LAYOUTS[unet_layout]`), `blur_encoder` and `scheduler` around a trained `vae`,
+    seeded, float32 on the CPU."""
+    if unet_layout not in UNET_LAYOUTS:
+        raise ValueError(f"unet_layout must be one of {', '.join(UNET_LAYOUTS)}, got {unet_layout!r}")
     c = int(vae.config.latent_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet3DConditionModel(**SMALL_UNET_CONFIG, in_channels=2 * c, out_channels=c)
+        unet = UNet3DConditionModel(**UNET_LAYOUTS[unet_layout], in_channels=2 * c, out_channels=c)
         blur_encoder = BlurImageEncoder(vision_config=SMALL_CLIP_VISION_CONFIG, num_tokens=num_tokens,
                                         cross_attention_dim=SMALL_UNET_CONFIG["cross_attention_dim"])
     return {"vae": vae.eval(), "unet": unet.eval(), "blur_encoder": blur_encoder.eval(),
             "scheduler": DDIMScheduler(**SMALL_SCHEDULER_CONFIG)}
 
 
-def make_small_pipeline(vae, seed: int = 0, prior_method: str | None = None, **sampling):
+def make_small_pipeline(vae, seed: int = 0, prior_method: str | None = None, unet_layout: str = "attention",
+                        **sampling):
     """The starting `DeblurVideoPipeline` of the small model's training (`SMALL_SAMPLING` defaults, overridable);
     with `prior_method` (`"transfer"` / `"dtb"`) its UNet also takes that method's output (`pipelines.prior`)."""
-    pipe = DeblurVideoPipeline(**small_components(vae, seed=seed), **{**SMALL_SAMPLING, **sampling})
+    pipe = DeblurVideoPipeline(**small_components(vae, seed=seed, unet_layout=unet_layout),
+                               **{**SMALL_SAMPLING, **sampling})
     if prior_method is None:
         return pipe
     from vdiffdeblur.pipelines.prior import add_prior_input

@@ -324,3 +324,23 @@ def test_small_factory_and_dtb_prior():
     frames = clip(frames=3, h=32, w=48)
     out = prior_frames("dtb", frames)  # the shipped DTB model, its defaults
     assert out.shape == frames.shape and out.dtype == np.uint8 and not np.array_equal(out, frames)
+
+
+def test_quality_check_feeds_the_prior_and_scores_against_it():
+    from vdiffdeblur.methods.diffusion import prior_frames
+    from vdiffdeblur.trainer.quality import _figures, evaluate_pipeline, quality_clips
+
+    clips = quality_clips(photos=("coins",), num_frames=4, size=(48, 32))
+    pipe = quiet(make_tiny_pipeline(seed=0, prior_method="transfer"))
+    report = evaluate_pipeline(pipe, clips, num_inference_steps=1, with_guard=False)
+    (row,) = report["clips"]
+    prior = prior_frames("transfer", clips[0].blurry)
+    assert row["prior"]["method"] == "transfer"
+    assert row["prior"]["hard_gain"] == pytest.approx(_figures(prior, clips[0])["hard_gain"])
+    assert row["prior"]["hard_psnr"] != pytest.approx(row["input_hard_psnr"])  # transfer changed the clip
+    assert 0 <= row["frames_worse_than_prior"] <= 4
+    m = report["mean"]
+    assert m["hard_gain_over_prior"] == pytest.approx(m["hard_gain"] - row["prior"]["hard_gain"])
+    # a pipeline without a prior: no prior figures
+    plain = evaluate_pipeline(quiet(make_tiny_pipeline(seed=0)), clips, num_inference_steps=1, with_guard=False)
+    assert "prior" not in plain["clips"][0] and "hard_gain_over_prior" not in plain["mean"]

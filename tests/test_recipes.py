@@ -192,3 +192,18 @@ def test_a_stage_with_no_checkpoint_goes_on_from_its_carried_one(tmp_path, capsy
     with pytest.raises(R.RecipeError, match="holds no checkpoint"):
         R.load_recipe(_write(tmp_path / "bad.yaml", json.dumps({**recipe, "stages": [
             {**stage, "carried": str(tmp_path / "nothing")}]})))
+
+
+def test_the_next_diffusion_recipe_parses_and_gives_the_transfer_model_its_prior():
+    recipe = R.load_recipe("diffusion_f4c16")
+    init, stage1, stage2 = recipe.stages
+    assert "low_attention" in init.args
+    assert init.args[init.args.index("--vae") + 1].endswith("diffusion_vae_f4c16/vae/vae")
+    plain, refining = recipe.models
+    for stage in (stage1, stage2):
+        cli = R.trainers()[stage.script].cli()
+        for model, prior in ((plain, None), (refining, "transfer")):
+            argv = R.trainer_argv(recipe, model, stage, Path("w"))
+            cfg = cli.parse(argv)
+            assert cfg.prior_method == prior and cfg.layered_fraction == 0.3
+    assert cli.parse(R.trainer_argv(recipe, plain, stage2, Path("w"))).max_train_steps == 6000

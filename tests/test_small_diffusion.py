@@ -102,6 +102,28 @@ def test_make_small_pipeline_fits_a_trained_vae():
     assert torch.equal(a, pipe.unet.conv_in.weight)
 
 
+def test_make_small_pipeline_script_builds_the_low_attention_layout_with_a_prior(tmp_path):
+    from diffusers import AutoencoderKL
+    from helpers import load_script
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+                        norm_num_groups=4)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    script = load_script("make_small_pipeline")
+    out = tmp_path / "init"
+    assert script.main(["--vae", str(tmp_path / "vae"), "--out", str(out), "--unet-layout", "low_attention",
+                        "--prior", "transfer"]) == 0
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["down_block_types"][0] == "DownBlock3D" and unet["up_block_types"][-1] == "UpBlock3D"
+    assert unet["in_channels"] == 12 and unet["out_channels"] == 4  # noisy ++ blurry ++ prior latents
+    assert json.loads((out / "model_index.json").read_text())["prior_method"] == "transfer"
+    with pytest.raises(ValueError, match="unet_layout"):
+        from vdiffdeblur.pipelines.small import small_components
+
+        small_components(vae, unet_layout="wide")
+
+
 def _vae_cfg(tmp_path, **kw):
     from vdiffdeblur.trainer.vae import VAETrainConfig
 
