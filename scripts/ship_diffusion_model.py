@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="256x192", help="held-out clip size WxH")
     p.add_argument("--timings", default=None, help="JSON file of wall times to print in the card")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--recipe", default="diffusion", help="the recipe the card names (training/recipes/NAME.yaml)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     vae_summary = json.loads(vae_summary_path.read_text()) if vae_summary_path.is_file() else {}
     timings = json.loads(Path(args.timings).read_text()) if args.timings else {}
     # the recipe, not this run's paths: the card says how the model is made
-    commands = ["python scripts/reproduce.py diffusion   # training/recipes/diffusion.yaml; --dry-run prints each step"]
+    commands = [f"python scripts/reproduce.py {args.recipe}   # training/recipes/{args.recipe}.yaml; --dry-run prints "
+                "each step"]
     table = quality_table(report)
     write_card(out, report, table, vae_summary, commands, timings)
     print(table)
