@@ -1,19 +1,21 @@
 """The working-size path of sharp-frame transfer and the guard (frames above ``work_size``) against the exact one."""
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
 
-from vdiffdeblur.blur import blur_image, fit_linear_kernel, linear_motion_kernel
+from vdiffdeblur.blur import blur_image, fit_linear_kernel, linear_motion_kernel, srgb_to_linear
 from vdiffdeblur.data.synthetic import ShakeConfig, load_photo, synthesize_shake
-from vdiffdeblur.flow import warp
+from vdiffdeblur.flow import consistency, warp
 from vdiffdeblur.methods.guard import DoNoHarmGuard, GuardConfig
 from vdiffdeblur.methods.stream import run
 from vdiffdeblur.methods.transfer import SharpTransfer, TransferConfig
 from vdiffdeblur.metrics import psnr
 from vdiffdeblur.pair_cache import PairCache
 from vdiffdeblur.sharpness import PairMeasure, gradient_energy, gray_float, pooled_gradient_energy
-from vdiffdeblur.workres import change_box, upscale_flow, warp_box, working_scale
+from vdiffdeblur.workres import bytes_to_linear, change_box, upscale_flow, warp_box, working_scale
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +112,93 @@ def test_fast_kernel_fit_finds_the_same_kernel():
         exact = fit_linear_kernel(img, blurry, scale=1.0)[:2]
         assert fit_linear_kernel(img, blurry, scale=1.0, fast=True)[:2] == exact == (length, angle)
         assert fit_linear_kernel(img, blurry, fast=True)[:2] == fit_linear_kernel(img, blurry)[:2]
+
+
+def test_large_frames_repaired_two_at_a_time_equal_one_by_one(shake):
+    clip = shake.blurry  # above the cap of 112: the working-size path, repaired in worker threads
+    one = SharpTransfer(TransferConfig(radius=2, work_size=112), workers=1)
+    two = SharpTransfer(TransferConfig(radius=2, work_size=112), workers=2)
+    ready_one = [len(one.push([f])) for f in clip]
+    ready_two = [len(two.push([f])) for f in clip]
+    assert (one.workers, two.workers) == (1, 2)
+    assert ready_one == [0, 0] + [1] * (len(clip) - 2)
+    assert ready_two == [0, 0, 0] + [1] * (len(clip) - 3)  # one push later: the next frame's repair runs meanwhile
+    assert two.flush().__len__() == 3 and len(two.weights) == len(clip)
+    np.testing.assert_array_equal(run(SharpTransfer(TransferConfig(radius=2, work_size=112), workers=2), clip),
+                                  run(SharpTransfer(TransferConfig(radius=2, work_size=112), workers=1), clip))
+    assert SharpTransfer(TransferConfig(radius=2), workers=2).push([clip[0]]) == []
+    small = SharpTransfer(TransferConfig(radius=2, work_size=0), workers=2)
+    assert [len(small.push([f])) for f in clip[:4]] == [0, 0, 1, 1]  # at or below the cap: one by one
+
+
+def test_guard_measures_ahead_in_the_background_equal_the_inline_ones(shake, monkeypatch):
+    clip = shake.blurry
+    ahead, _ = _guarded(clip, 112)
+    monkeypatch.setattr(DoNoHarmGuard, "_ahead", lambda self, frames: None)
+    inline, _ = _guarded(clip, 112)
+    np.testing.assert_array_equal(ahead, inline)
+
+
+def test_pair_cache_frame_is_kept_by_array_and_bounded():
+    img = load_photo("chelsea")[:96, :128]
+    cache = PairCache(max_pairs=2, max_frames=3)
+    f = cache.frame(img, 0.5)
+    assert cache.frame(img, 0.5) is f and cache.frame(img.copy(), 0.5) is not f
+    frames = [np.roll(img, 3 * i, axis=1) for i in range(6)]
+    works = [cache.frame(x, 0.5) for x in frames]
+    assert len(cache._frames) == 3 and len(cache._energy) == 3
+    for a, b in zip(works, works[1:]):
+        cache.measure(a, b, 0.5)
+    assert len(cache._pairs) == 2 and cache.misses == 5
+
+
+def test_pair_cache_measures_a_pair_once_across_threads():
+    img = load_photo("coffee")[:96, :128]
+    cache = PairCache()
+    frames = [img, np.roll(img, 4, axis=1), np.roll(img, 8, axis=1)]
+    first = cache.ahead(frames[0], 0.5, [], 0.5)
+    second = cache.ahead(frames[1], 0.5, [first], 0.5)
+    third = cache.ahead(frames[2], 0.5, [first, second], 0.5)
+    w = third.result()
+    assert cache.frame(frames[2], 0.5) is w  # what the background made is what the caller gets
+    assert (cache.hits, cache.misses) == (0, 3)
+    m = cache.measure(cache.frame(frames[0], 0.5), w, 0.5)  # measured ahead: from memory
+    assert (cache.hits, cache.misses) == (1, 3)
+    ref = PairCache().measure(first.result(), w, 0.5)  # the same pair measured inline
+    assert m.log_ratio == ref.log_ratio and m.overlap == ref.overlap
+    np.testing.assert_array_equal(m.flow_ts, ref.flow_ts)
+    results, barrier = [], threading.Barrier(4)
+    a, b = cache.frame(frames[1], 0.5), cache.frame(frames[0], 0.5)
+    fresh = PairCache()
+
+    def ask():
+        barrier.wait()
+        results.append(fresh.measure(a, b, 0.25))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fresh.misses == 1 and fresh.hits == 3  # computed by one thread, waited for by the others
+    assert len({r.log_ratio for r in results}) == 1
+
+
+def test_helpers_equal_their_plain_forms():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(bytes_to_linear(img), srgb_to_linear(img.astype(np.float32) / 255.0))
+    fwd, bwd = (rng.normal(0, 2, (40, 60, 2)).astype(np.float32) for _ in range(2))
+    d = fwd + warp(bwd, fwd)
+    np.testing.assert_array_equal(consistency(fwd, bwd), np.exp(-(d ** 2).sum(-1) / 2.0).astype(np.float32))
+    small = rng.normal(0, 1, (10, 15, 2)).astype(np.float32)
+    up = upscale_flow(small, (40, 60))
+    ref = cv2.resize(small, (60, 40), interpolation=cv2.INTER_LINEAR)
+    ref[..., 0] *= 4.0
+    ref[..., 1] *= 4.0
+    np.testing.assert_array_equal(up, ref)
+    box = (slice(5, 30), slice(7, 50))
+    scratch = up.copy()
+    np.testing.assert_array_equal(warp_box(img, scratch, box, flow_is_scratch=True),
+                                  warp(img, up, cv2.INTER_CUBIC)[box])
+    assert not np.array_equal(scratch, up)  # the scratch flow became the coordinate map

@@ -7,8 +7,20 @@ size, with the weights and flows brought back up. Frames at or below the cap tak
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
+
+from .blur import srgb_to_linear
+
+#: sRGB byte -> linear light, the values ``srgb_to_linear(byte / 255)`` gives (a lookup instead of a power per pixel)
+_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+
+
+def bytes_to_linear(image: np.ndarray) -> np.ndarray:
+    """uint8 sRGB -> float32 linear light, equal to ``srgb_to_linear(image.astype(np.float32) / 255)``."""
+    return _LINEAR[image]
 
 
 def working_scale(shape: tuple, long_side: int) -> float:
@@ -31,9 +43,7 @@ def upscale_flow(flow: np.ndarray, shape: tuple) -> np.ndarray:
     """A flow (h, w, 2) in working pixels -> (H, W, 2) in full-size pixels."""
     h, w = flow.shape[:2]
     up = cv2.resize(flow, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    up[..., 0] *= shape[1] / w
-    up[..., 1] *= shape[0] / h
-    return up
+    return np.multiply(up, np.array([shape[1] / w, shape[0] / h], np.float32), out=up)  # both channels in one pass
 
 
 def change_box(weights: np.ndarray, shape: tuple, threshold: float = 1 / 1024, margin: int = 2):
@@ -50,10 +60,24 @@ def change_box(weights: np.ndarray, shape: tuple, threshold: float = 1 / 1024, m
             slice(int(c0 * fx), min(shape[1], int(np.ceil(c1 * fx)))))
 
 
-def warp_box(image: np.ndarray, flow: np.ndarray, box, interpolation=cv2.INTER_CUBIC) -> np.ndarray:
-    """``image`` backward-warped by a full-size ``flow`` (H, W, 2), only inside ``box`` (rows, cols slices)."""
+@lru_cache(maxsize=2)
+def pixel_grid(h: int, w: int) -> np.ndarray:
+    """(h, w, 2) float32: each pixel's (x, y), for turning flows into remap's coordinate maps (read-only, kept)."""
+    g = np.empty((h, w, 2), np.float32)
+    g[..., 0] = np.arange(w, dtype=np.float32)[None, :]
+    g[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    g.flags.writeable = False
+    return g
+
+
+def warp_box(image: np.ndarray, flow: np.ndarray, box, interpolation=cv2.INTER_CUBIC,
+             flow_is_scratch: bool = False) -> np.ndarray:
+    """``image`` backward-warped by a full-size ``flow`` (H, W, 2), only inside ``box`` (rows, cols slices).
+    ``flow_is_scratch``: ``flow`` is the caller's to discard, and becomes the coordinate map (no new full-size map)."""
     rows, cols = box
-    f = flow[rows, cols]
-    map_x = f[..., 0] + np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
-    map_y = f[..., 1] + np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
-    return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+    grid = pixel_grid(*flow.shape[:2])[rows, cols]
+    if flow_is_scratch:
+        coords = np.add(flow[rows, cols], grid, out=flow[rows, cols])
+    else:
+        coords = flow[rows, cols] + grid
+    return cv2.remap(image, coords, None, interpolation, borderMode=cv2.BORDER_REPLICATE)

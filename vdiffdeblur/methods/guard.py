@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..blur import blur_image, fit_linear_kernel, srgb_to_linear
+from ..blur import blur_image, fit_linear_kernel
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
-from ..workres import change_box, downscale, upscale_map, working_scale
+from ..workres import bytes_to_linear, change_box, downscale, upscale_map, working_scale
 from .stream import FrameStream, frame_list, run
 
 
@@ -55,8 +55,7 @@ def guard_weights(x: np.ndarray, y: np.ndarray, rel_sharpness: float, cfg: Guard
                   scale: float = 1.0) -> tuple[np.ndarray, dict]:
     """Per-pixel share (H, W) of the change ``y - x`` to keep, and the evidence behind it. ``scale``: ``x`` and
     ``y`` are copies of the frames downscaled by it (blur lengths stay in full-size pixels)."""
-    x_lin = srgb_to_linear(x.astype(np.float32) / 255.0)
-    y_lin = srgb_to_linear(y.astype(np.float32) / 255.0)
+    x_lin, y_lin = bytes_to_linear(x), bytes_to_linear(y)
     xg, yg = x_lin.mean(-1), y_lin.mean(-1)
     if scale == 1:
         length, angle, k = fit_linear_kernel(yg, xg, cfg.kernel_lengths, cfg.kernel_angles, cfg.fit_scale)
@@ -104,6 +103,8 @@ class DoNoHarmGuard:
         self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
         self.n_in = self.n_out = 0
         self.log: list[dict] = []
+        self.ahead: deque = deque(maxlen=max(self.cfg.offsets, default=1))  # (input index, future WorkingFrame)
+        self.n_seen = 0  # inputs pushed
 
     def _measure_new(self) -> None:
         j, _, _, gj, wj = self.frames[-1]
@@ -157,9 +158,23 @@ class DoNoHarmGuard:
     def _pair(self, outputs) -> list[np.ndarray]:
         return [o for y in outputs for o in self._add(self.inputs.popleft(), y)]
 
+    def _ahead(self, frames: list) -> None:
+        """Above the working size: each input's working copy and its pair measures, computed in the background
+        while the method works (they are needed only once its output for the frame comes back)."""
+        for x in frames:
+            k, s = self.n_seen, working_scale(x.shape, self.cfg.work_size)
+            self.n_seen += 1
+            if s == 1:
+                continue
+            if len(self.ahead) == self.ahead.maxlen:
+                self.ahead[0][1].exception()  # waits: at most that many frames queued for the background thread
+            previous = [f for i, f in self.ahead if k - i in self.cfg.offsets]
+            self.ahead.append((k, SHARED.ahead(x, s, previous, self.cfg.flow_scale)))
+
     def push(self, frames) -> list[np.ndarray]:
         frames = frame_list(frames)
         self.inputs.extend(frames)
+        self._ahead(frames)
         return self._pair(self.method.push(frames))
 
     def flush(self) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ upscaled weights, only inside the box where a weight is non-zero.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -32,7 +33,7 @@ from ..blur import (
 from ..flow import consistency, inside_mask, robust_flow, warp
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gradient_energy, gray_float
-from ..workres import change_box, upscale_flow, upscale_map, warp_box, working_scale
+from ..workres import bytes_to_linear, change_box, upscale_flow, upscale_map, warp_box, working_scale
 from .stream import OneByOne, run
 
 
@@ -61,9 +62,10 @@ class TransferConfig:
 class _Frame:
     """A frame with what every pairing needs, computed once: its working copy (``small``; the frame itself at or
     below the working size), that copy's grey and the frame's sharpness score (``work``: the
-    :class:`~vdiffdeblur.pair_cache.WorkingFrame` above the working size)."""
+    :class:`~vdiffdeblur.pair_cache.WorkingFrame` above the working size); the copy in [0, 1] (``unit``) and in
+    linear light (``lin``) on first use (a frame is the target once and a neighbour of up to 2 * radius others)."""
 
-    __slots__ = ("rgb", "scale", "small", "gray", "score", "work")
+    __slots__ = ("rgb", "scale", "small", "gray", "score", "work", "_unit", "_lin")
 
     def __init__(self, rgb: np.ndarray, work_size: int = 0):
         self.rgb = rgb
@@ -74,6 +76,19 @@ class _Frame:
         else:
             self.work = SHARED.frame(rgb, self.scale)
             self.small, self.gray, self.score = self.work.small, self.work.gray, self.work.score
+        self._unit = self._lin = None
+
+    @property
+    def unit(self) -> np.ndarray:
+        if self._unit is None:
+            self._unit = self.small.astype(np.float32) / 255.0
+        return self._unit
+
+    @property
+    def lin(self) -> np.ndarray:
+        if self._lin is None:
+            self._lin = bytes_to_linear(self.small)
+        return self._lin
 
 
 def _gray_lin(rgb01: np.ndarray) -> np.ndarray:
@@ -99,23 +114,21 @@ def _plan(target: _Frame, neighbours: list[_Frame], cfg: TransferConfig):
             found.append((min(gain, 1.0), n, m))
     if not found:
         return None
-    t_rgb = target.small.astype(np.float32) / 255.0
-    t_lin = srgb_to_linear(t_rgb)
+    t_lin = target.lin
     # 1. The target's own blur kernel, fitted against the best neighbour aligned on low-passed copies.
     g0, n0, m0 = max(found, key=lambda f: f[0])
-    rough = warp(n0.small.astype(np.float32) / 255.0, m0.flow_ts, cv2.INTER_LINEAR)
+    rough = warp(n0.unit, m0.flow_ts, cv2.INTER_LINEAR)
     _, _, k = fit_linear_kernel(_gray_lin(rough), t_lin.mean(-1), lengths, scale=fit_scale, fast=s != 1)
     sources = []
     for gain, n, _ in found:
         # 2. Re-align each neighbour after blurring it like the target: same blur, so the flow is not
         #    pulled by the blur's direction.
-        src = n.small.astype(np.float32) / 255.0
-        src_blur = linear_to_srgb(blur_image(srgb_to_linear(src), k))
+        src_blur = linear_to_srgb(blur_image(n.lin, k))
         sb = cv2.cvtColor(src_blur, cv2.COLOR_RGB2GRAY)
         fwd = robust_flow(sb, target.gray, sigma=0.7, scale=1.0)
         bwd = robust_flow(target.gray, sb, sigma=0.7, scale=1.0)
         conf = consistency(fwd, bwd) * inside_mask(fwd, 1)
-        lin = srgb_to_linear(np.clip(warp(src, fwd, cv2.INTER_CUBIC), 0, 1))
+        lin = srgb_to_linear(np.clip(warp(n.unit, fwd, cv2.INTER_CUBIC), 0, 1))
         # 3. Trust it where, blurred by the target's kernel, it reproduces the target.
         res = cv2.GaussianBlur(np.abs(blur_image(lin, k) - t_lin).mean(-1), (0, 0), cfg.agree_sigma)
         w = gain * conf * np.exp(-((res / cfg.agree_tol) ** 2))
@@ -135,7 +148,7 @@ def _blend_full(target: _Frame, sources, alpha: np.ndarray, soft: np.ndarray) ->
         return target.rgb
     mix, mix_w = None, None
     for (n, fwd, _, _), sw in zip(sources, soft):
-        warped = warp_box(n.rgb, upscale_flow(fwd, shape), box)
+        warped = warp_box(n.rgb, upscale_flow(fwd, shape), box, flow_is_scratch=True)
         w = upscale_map(sw, shape)[box] + np.float32(1e-6)  # where every soft weight is 0 (alpha is 0 there too)
         if mix is None:
             mix, mix_w = warped, w
@@ -165,40 +178,72 @@ def transfer_frame(target: _Frame, neighbours: list[_Frame], cfg: TransferConfig
     return (np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8), float(alpha.mean())
 
 
-class SharpTransfer(OneByOne):
-    """Streaming sharp-frame transfer (a FrameStream): output frame t is ready once frame t + radius is in."""
+#: frames repaired at once, at most (each holds its window of frames while it runs)
+MAX_WORKERS = 2
+_POOL: list = []  # the process's worker threads for transfer_frame, made on first use
 
-    def __init__(self, config: TransferConfig | None = None):
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="vdiffdeblur-transfer"))
+    return _POOL[0]
+
+
+class SharpTransfer(OneByOne):
+    """Streaming sharp-frame transfer (a FrameStream): output frame t is ready once frame t + radius is in.
+
+    Frames above the working size are repaired ``workers`` at a time in worker threads (each repair depends only on
+    the input frames, so the output is the same); each then comes out ``workers - 1`` pushes later. None: as many as
+    OpenCV's thread count (:func:`vdiffdeblur.threads.set_threads`), at most ``MAX_WORKERS``. Smaller frames take
+    milliseconds each and are repaired one by one, as they come.
+    """
+
+    def __init__(self, config: TransferConfig | None = None, workers: int | None = None):
         self.cfg = config or TransferConfig()
+        self.max_workers = max(1, min(MAX_WORKERS, cv2.getNumThreads() if workers is None else int(workers)))
+        self.workers = 1  # set by the first frame's size
         self.buf: deque[_Frame] = deque(maxlen=2 * self.cfg.radius + 1)
         self.n_in = 0  # frames received
-        self.n_out = 0  # frames emitted
+        self.n_out = 0  # frames whose repair has started
+        self.running: deque[Future] = deque()  # repairs started and not yet emitted, in frame order
         self.weights: list[float] = []  # mean blend weight per emitted frame, for reporting
 
-    def _emit(self, t: int) -> np.ndarray:
+    def _start(self, t: int) -> None:
         first = self.n_in - len(self.buf)  # absolute index of buf[0]
         target = self.buf[t - first]
         neighbours = [f for i, f in enumerate(self.buf) if i + first != t and abs(i + first - t) <= self.cfg.radius]
-        out, w = transfer_frame(target, neighbours, self.cfg)
-        self.weights.append(w)
+        if self.workers == 1:
+            done: Future = Future()
+            done.set_result(transfer_frame(target, neighbours, self.cfg))
+            self.running.append(done)
+        else:
+            self.running.append(_pool().submit(transfer_frame, target, neighbours, self.cfg))
         self.n_out += 1
-        return out
+
+    def _ready(self, keep: int) -> list[np.ndarray]:
+        """The repairs at the front, in order, all but the last ``keep`` (waited for)."""
+        ready = []
+        while len(self.running) > keep:
+            out, w = self.running.popleft().result()
+            self.weights.append(w)
+            ready.append(out)
+        return ready
 
     def _push_one(self, frame: np.ndarray) -> list[np.ndarray]:
         if self.buf and frame.shape != self.buf[-1].rgb.shape:
             raise ValueError(f"frame {self.n_in} has shape {frame.shape}, earlier frames {self.buf[-1].rgb.shape}")
         self.buf.append(_Frame(np.ascontiguousarray(frame), self.cfg.work_size))
+        if self.n_in == 0:
+            self.workers = 1 if self.buf[-1].scale == 1 else self.max_workers
         self.n_in += 1
-        ready = []
         while self.n_out <= self.n_in - 1 - self.cfg.radius:
-            ready.append(self._emit(self.n_out))
-        return ready
+            self._start(self.n_out)
+        return self._ready(self.workers - 1)
 
     def flush(self) -> list[np.ndarray]:
-        ready = []
         while self.n_out < self.n_in:
-            ready.append(self._emit(self.n_out))
-        return ready
+            self._start(self.n_out)
+        return self._ready(0)
 
 
 def sharp_frame_transfer(frames: np.ndarray, config: TransferConfig | None = None) -> np.ndarray:
