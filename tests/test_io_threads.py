@@ -95,3 +95,14 @@ def test_flush_drains_the_encoder_and_then_refuses_frames(tmp_path):
     back = read_video(tmp_path / "o.mp4").frames
     assert back.shape == clip.shape
     assert np.array_equal(back, read_video(write_video(tmp_path / "closed.mp4", clip, fps=25)).frames)
+
+
+def test_benchmark_io_identity_pass_reports_cpu_per_frame(tmp_path):
+    from helpers import load_script
+
+    bench = load_script("benchmark_io")
+    src = write_video(tmp_path / "in.mp4", scene(6, 128, 96), fps=30)
+    r = bench.identity_pass(str(src), str(tmp_path / "out.mp4"))
+    assert r["frames"] == 6 and r["size_kib_per_frame"] > 0
+    assert 0 < r["decode_cpu_ms"] and 0 < r["encode_cpu_ms"]
+    assert r["decode_cpu_ms"] + r["encode_cpu_ms"] <= r["cpu_ms"] + 1  # the threads' time is part of the process's
