@@ -106,3 +106,18 @@ def test_benchmark_io_identity_pass_reports_cpu_per_frame(tmp_path):
     assert r["frames"] == 6 and r["size_kib_per_frame"] > 0
     assert 0 < r["decode_cpu_ms"] and 0 < r["encode_cpu_ms"]
     assert r["decode_cpu_ms"] + r["encode_cpu_ms"] <= r["cpu_ms"] + 1  # the threads' time is part of the process's
+
+
+@pytest.mark.parametrize("name, kw, size", [("yuv420.mp4", {}, (96, 128)), ("odd444.mp4", {}, (95, 127)),
+                                            ("rgb.mp4", {"lossless": True}, (96, 128)),
+                                            ("ffv1.mkv", {"lossless": True}, (96, 128))])
+def test_the_reader_gives_exactly_what_each_frames_own_conversion_gives(name, kw, size, tmp_path):
+    import av
+
+    h, w = size
+    path = write_video(tmp_path / name, scene(5, w, h), fps=25, **kw)
+    args = probe(path).colour.decode_args() if probe(path).colour else {}
+    with av.open(str(path)) as c:
+        expected = np.stack([f.to_ndarray(format="rgb24", **args) for f in c.decode(c.streams.video[0])])
+    got = read_video(path).frames
+    assert got.shape == (5, h, w, 3) and np.array_equal(got, expected)
