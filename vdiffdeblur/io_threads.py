@@ -1,10 +1,11 @@
 """Decode ahead and encode behind in threads, so that decoding, the method and encoding overlap.
 
 PyAV (FFmpeg), OpenCV, NumPy and PyTorch release the GIL in their heavy calls, so a reader thread and a writer
-thread beside the method's thread keep two or more cores busy. Queues are small and bounded: memory stays flat and
-frames keep their order. An exception in either thread is raised again, unchanged, in the thread that uses it; an
-exception in the caller stops both threads before it propagates (so a writer is aborted only once its thread is
-done with it).
+thread beside the method's thread keep two or more cores busy. The decoder and x264 run with one thread each, in
+these threads (the method's threads already fill the cores), so ``cpu_s`` is all that decoding and encoding cost.
+Queues are small and bounded: memory stays flat and frames keep their order. An exception in either thread is
+raised again, unchanged, in the thread that uses it; an exception in the caller stops both threads before it
+propagates (so a writer is aborted only once its thread is done with it).
 """
 
 from __future__ import annotations
