@@ -126,7 +126,7 @@ class DoNoHarmGuard:
             w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
             out = (x if not w.any()
                    else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
-        elif y is x or np.array_equal(x, y):  # nothing to keep or drop (transfer's frames with no sharper neighbour)
+        elif y is x or cv2.norm(x, y, cv2.NORM_INF) == 0:  # nothing to keep or drop (transfer left it unchanged)
             w, info, out = np.zeros((1, 1), np.float32), {"rel_sharpness": float(a[t - lo]), "unchanged": True}, x
         else:
             w, info = guard_weights(work.small, downscale(y, work.scale), float(a[t - lo]), self.cfg, work.scale)
