@@ -202,3 +202,24 @@ def test_helpers_equal_their_plain_forms():
     np.testing.assert_array_equal(warp_box(img, scratch, box, flow_is_scratch=True),
                                   warp(img, up, cv2.INTER_CUBIC)[box])
     assert not np.array_equal(scratch, up)  # the scratch flow became the coordinate map
+
+
+def test_guard_outputs_in_worker_threads_equal_one_by_one(shake):
+    clip = shake.blurry
+
+    def guarded(workers):
+        g = DoNoHarmGuard(SharpTransfer(TransferConfig(radius=2, work_size=112), workers=workers),
+                          GuardConfig(radius=2, work_size=112), workers=workers)
+        ready = [len(g.push([f])) for f in clip]
+        return ready, len(g.flush()), g
+
+    ready_one, rest_one, one = guarded(1)
+    ready_two, rest_two, two = guarded(2)
+    assert (one.workers, two.workers) == (1, 2)
+    assert ready_one == [0] * 4 + [1] * (len(clip) - 4)  # transfer's 2 frames of look-ahead, then the guard's 2
+    assert ready_two == [0] * 6 + [1] * (len(clip) - 6)  # one push more in each
+    assert (rest_one, rest_two) == (4, 6)
+    assert [e.get("kept") for e in one.log] == [e.get("kept") for e in two.log] and len(two.log) == len(clip)
+    np.testing.assert_array_equal(_guarded(clip, 112)[0], run(DoNoHarmGuard(
+        SharpTransfer(TransferConfig(radius=2, work_size=112), workers=1), GuardConfig(radius=2, work_size=112),
+        workers=1), clip))

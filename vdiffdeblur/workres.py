@@ -7,6 +7,7 @@ size, with the weights and flows brought back up. Frames at or below the cap tak
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import cv2
@@ -21,6 +22,18 @@ _LINEAR = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
 def bytes_to_linear(image: np.ndarray) -> np.ndarray:
     """uint8 sRGB -> float32 linear light, equal to ``srgb_to_linear(image.astype(np.float32) / 255)``."""
     return _LINEAR[image]
+
+
+#: frames the working-size path works on at once, at most (each holds its window of frames while it runs)
+MAX_WORKERS = 2
+_POOL: list = []  # the process's worker threads for it, made on first use
+
+
+def pool() -> ThreadPoolExecutor:
+    """The worker threads that transfer and the guard hand their per-frame full-size work to."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="vdiffdeblur-workres"))
+    return _POOL[0]
 
 
 def working_scale(shape: tuple, long_side: int) -> float:

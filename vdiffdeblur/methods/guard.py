@@ -22,6 +22,7 @@ transfer fills with the same pairs of the same input frames.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cv2
@@ -30,7 +31,7 @@ import numpy as np
 from ..blur import blur_image, fit_linear_kernel
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
-from ..workres import bytes_to_linear, change_box, downscale, upscale_map, working_scale
+from ..workres import MAX_WORKERS, bytes_to_linear, change_box, downscale, pool, upscale_map, working_scale
 from .stream import FrameStream, frame_list, run
 
 
@@ -91,13 +92,33 @@ def _blend_box(x: np.ndarray, y: np.ndarray, w_small: np.ndarray) -> np.ndarray:
     return out
 
 
+def _output(x: np.ndarray, y: np.ndarray, work, rel_sharpness: float, cfg: GuardConfig) -> tuple[np.ndarray, dict]:
+    """One frame's guarded output and the evidence behind it (``work``: the input's WorkingFrame above the working
+    size, else None)."""
+    if work is None:
+        w, info = guard_weights(x, y, rel_sharpness, cfg)
+        out = (x if not w.any()
+               else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
+    elif y is x or cv2.norm(x, y, cv2.NORM_INF) == 0:  # nothing to keep or drop (transfer left it unchanged)
+        w, info, out = np.zeros((1, 1), np.float32), {"rel_sharpness": rel_sharpness, "unchanged": True}, x
+    else:
+        w, info = guard_weights(work.small, downscale(y, work.scale), rel_sharpness, cfg, work.scale)
+        out = _blend_box(x, y, w)
+    info["kept"] = float(w.mean())
+    return out, info
+
+
 class DoNoHarmGuard:
     """A FrameStream around a method's stream: each frame that comes out is the method's output for it, kept only
     as far as the evidence supports (``radius`` frames of look-ahead on top of the method's own)."""
 
-    def __init__(self, method: FrameStream, config: GuardConfig | None = None):
+    def __init__(self, method: FrameStream, config: GuardConfig | None = None, workers: int | None = None):
         self.method = method
         self.cfg = config or GuardConfig()
+        # above the working size, outputs are computed in worker threads, up to this many at once (as the transfer)
+        self.max_workers = max(1, min(MAX_WORKERS, cv2.getNumThreads() if workers is None else int(workers)))
+        self.workers = 1  # set by the first frame's size
+        self.running: deque[Future] = deque()  # outputs started and not yet returned, in frame order
         self.inputs: deque = deque()  # input frames whose method output has not come out yet
         self.frames: deque = deque()  # (index, x, y, grey x, WorkingFrame of x above the working size)
         self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
@@ -115,29 +136,34 @@ class DoNoHarmGuard:
                 if m.overlap >= 0.05:
                     self.pairs[(i, j)] = (m.log_ratio, m.overlap)
 
-    def _emit(self) -> np.ndarray:
+    def _emit(self) -> None:
+        """Start frame ``n_out``'s output: decided here, computed in a worker thread on the working-size path (the
+        output is the same, one push later)."""
         t = self.n_out
         idx = [f[0] for f in self.frames if abs(f[0] - t) <= self.cfg.radius]
         lo = idx[0]
         pairs = [(i - lo, j - lo, d, w) for (i, j), (d, w) in self.pairs.items() if i in idx and j in idx]
         a = solve_log_sharpness(len(idx), pairs)
         _, x, y, _, work = next(f for f in self.frames if f[0] == t)
-        if work is None:
-            w, info = guard_weights(x, y, float(a[t - lo]), self.cfg)
-            out = (x if not w.any()
-                   else np.clip(x + w[..., None] * (y.astype(np.float32) - x) + 0.5, 0, 255).astype(np.uint8))
-        elif y is x or cv2.norm(x, y, cv2.NORM_INF) == 0:  # nothing to keep or drop (transfer left it unchanged)
-            w, info, out = np.zeros((1, 1), np.float32), {"rel_sharpness": float(a[t - lo]), "unchanged": True}, x
+        if self.workers > 1:
+            self.running.append(pool().submit(_output, x, y, work, float(a[t - lo]), self.cfg))
         else:
-            w, info = guard_weights(work.small, downscale(y, work.scale), float(a[t - lo]), self.cfg, work.scale)
-            out = _blend_box(x, y, w)
-        info["kept"] = float(w.mean())
-        self.log.append(info)
+            done: Future = Future()
+            done.set_result(_output(x, y, work, float(a[t - lo]), self.cfg))
+            self.running.append(done)
         self.n_out += 1
         while self.frames and self.frames[0][0] < self.n_out - self.cfg.radius:  # no longer needed
             old = self.frames.popleft()[0]
             self.pairs = {k: v for k, v in self.pairs.items() if k[0] != old}
-        return out
+
+    def _ready(self, keep: int) -> list[np.ndarray]:
+        """The outputs at the front, in order, all but the last ``keep`` (waited for)."""
+        ready = []
+        while len(self.running) > keep:
+            out, info = self.running.popleft().result()
+            self.log.append(info)
+            ready.append(out)
+        return ready
 
     def _add(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         if x.shape != y.shape:
@@ -148,12 +174,13 @@ class DoNoHarmGuard:
         else:
             work = SHARED.frame(x, s)
             self.frames.append((self.n_in, x, y, work.gray, work))
+        if self.n_in == 0:
+            self.workers = 1 if s == 1 else self.max_workers
         self._measure_new()
         self.n_in += 1
-        ready = []
         while self.n_out <= self.n_in - 1 - self.cfg.radius:
-            ready.append(self._emit())
-        return ready
+            self._emit()
+        return self._ready(self.workers - 1)
 
     def _pair(self, outputs) -> list[np.ndarray]:
         return [o for y in outputs for o in self._add(self.inputs.popleft(), y)]
@@ -180,8 +207,8 @@ class DoNoHarmGuard:
     def flush(self) -> list[np.ndarray]:
         ready = self._pair(self.method.flush())
         while self.n_out < self.n_in:
-            ready.append(self._emit())
-        return ready
+            self._emit()
+        return ready + self._ready(0)
 
 
 class _Given:

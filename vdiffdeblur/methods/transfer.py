@@ -17,7 +17,7 @@ upscaled weights, only inside the box where a weight is non-zero.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cv2
@@ -33,7 +33,7 @@ from ..blur import (
 from ..flow import consistency, inside_mask, robust_flow, warp
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gradient_energy, gray_float
-from ..workres import bytes_to_linear, change_box, upscale_flow, upscale_map, warp_box, working_scale
+from ..workres import MAX_WORKERS, bytes_to_linear, change_box, pool, upscale_flow, upscale_map, warp_box, working_scale
 from .stream import OneByOne, run
 
 
@@ -178,17 +178,6 @@ def transfer_frame(target: _Frame, neighbours: list[_Frame], cfg: TransferConfig
     return (np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8), float(alpha.mean())
 
 
-#: frames repaired at once, at most (each holds its window of frames while it runs)
-MAX_WORKERS = 2
-_POOL: list = []  # the process's worker threads for transfer_frame, made on first use
-
-
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="vdiffdeblur-transfer"))
-    return _POOL[0]
-
-
 class SharpTransfer(OneByOne):
     """Streaming sharp-frame transfer (a FrameStream): output frame t is ready once frame t + radius is in.
 
@@ -217,7 +206,7 @@ class SharpTransfer(OneByOne):
             done.set_result(transfer_frame(target, neighbours, self.cfg))
             self.running.append(done)
         else:
-            self.running.append(_pool().submit(transfer_frame, target, neighbours, self.cfg))
+            self.running.append(pool().submit(transfer_frame, target, neighbours, self.cfg))
         self.n_out += 1
 
     def _ready(self, keep: int) -> list[np.ndarray]:
