@@ -3,8 +3,8 @@
 The rule: the cores this process may run on (its CPU affinity, capped by a cgroup CPU quota), shared evenly
 among the processes of one launch on this machine (``LOCAL_WORLD_SIZE`` under ``accelerate launch`` or
 ``torchrun``), at least one. ``OMP_NUM_THREADS``, when set, and ``--threads`` override it. Decoding and encoding run
-in their own threads beside these (FFmpeg's), so the method's threads fill the cores while frames are decoded and
-encoded (:mod:`vdiffdeblur.io_threads`).
+beside these in one reader and one writer thread (the decoder and x264 with one thread each, inside them), so the
+method's threads fill the cores while frames are decoded and encoded (:mod:`vdiffdeblur.io_threads`).
 """
 
 from __future__ import annotations
