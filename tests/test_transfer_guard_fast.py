@@ -216,6 +216,7 @@ def test_guard_outputs_in_worker_threads_equal_one_by_one(shake):
     ready_one, rest_one, one = guarded(1)
     ready_two, rest_two, two = guarded(2)
     assert (one.workers, two.workers) == (1, 2)
+    assert not one.ahead and len(two.ahead) == 3  # one thread: no measures ahead in the background either
     assert ready_one == [0] * 4 + [1] * (len(clip) - 4)  # transfer's 2 frames of look-ahead, then the guard's 2
     assert ready_two == [0] * 6 + [1] * (len(clip) - 6)  # one push more in each
     assert (rest_one, rest_two) == (4, 6)

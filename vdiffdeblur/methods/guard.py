@@ -187,7 +187,10 @@ class DoNoHarmGuard:
 
     def _ahead(self, frames: list) -> None:
         """Above the working size: each input's working copy and its pair measures, computed in the background
-        while the method works (they are needed only once its output for the frame comes back)."""
+        while the method works (they are needed only once its output for the frame comes back). Not with one thread
+        (``set_threads(1)``): then everything runs in the calling thread."""
+        if self.max_workers == 1:
+            return
         for x in frames:
             k, s = self.n_seen, working_scale(x.shape, self.cfg.work_size)
             self.n_seen += 1
