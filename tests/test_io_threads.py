@@ -121,3 +121,18 @@ def test_the_reader_gives_exactly_what_each_frames_own_conversion_gives(name, kw
         expected = np.stack([f.to_ndarray(format="rgb24", **args) for f in c.decode(c.streams.video[0])])
     got = read_video(path).frames
     assert got.shape == (5, h, w, 3) and np.array_equal(got, expected)
+
+
+def test_the_command_line_preset_reaches_x264(tmp_path, capsys):
+    from vdiffdeblur.cli import main
+
+    src = write_video(tmp_path / "in.mp4", scene(4, 64, 48), fps=25)
+    for preset, subme in (("veryfast", " subme=2 "), ("medium", " subme=7 ")):
+        out = tmp_path / f"{preset}.mp4"
+        argv = ["deblur", str(src), "-o", str(out), "--method", "transfer", "--quiet", "--threads", "1"]
+        assert main(argv + (["--preset", preset] if preset != "veryfast" else [])) == 0
+        assert subme in _x264_settings(out)
+    capsys.readouterr()
+    assert main(["deblur", str(src), "-o", str(tmp_path / "x.mp4"), "--preset", "quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--preset" in err[0] and not (tmp_path / "x.mp4").exists()

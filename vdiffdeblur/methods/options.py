@@ -39,6 +39,10 @@ class RunOptions:
                        action="store_false", flag="--no-guard")
     lossless: bool = _opt(False, "write the output losslessly (default: H.264 at --crf)", action="store_true")
     crf: int = _opt(18, "H.264 quality of the output, 0 to 51, lower is better", type=int_in(0, 51))
+    preset: str = _opt("veryfast", "x264 preset of the output: slower presets give a little more quality per byte for "
+                                   "more CPU (docs/architecture.md, 'Decode and encode')",
+                       choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                                "veryslow"))
     quiet: bool = _opt(False, "no progress bars", action="store_true")
 
 

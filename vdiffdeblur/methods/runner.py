@@ -56,7 +56,7 @@ def build_stream(source, info: VideoInfo, method: str, options: dict | None = No
 
 def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str = "deblur",
                 lossless: bool = False, crf: int = 18, quiet: bool = False, overlap: bool = True,
-                overall=None, stats: dict | None = None) -> VideoInfo:
+                overall=None, stats: dict | None = None, preset: str = "veryfast") -> VideoInfo:
     """Decode ``source``, push every frame through ``stream`` (a FrameStream), encode what it emits into ``output``.
 
     The output keeps the source's frame timestamps, rotation, colour description, audio and subtitles; its
@@ -64,7 +64,7 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
     ``output``. ``overlap``: decode ahead and encode behind in their own threads (:mod:`vdiffdeblur.io_threads`;
     the same output as without). ``overall``: a tqdm bar over several videos, advanced here too. ``stats``: a dict
     that receives ``wall_s``, ``decode_s`` and ``encode_s`` (seconds spent decoding and encoding) and ``decode_cpu_s``,
-    ``encode_cpu_s`` (their CPU time).
+    ``encode_cpu_s`` (their CPU time). ``preset``: the x264 preset of an H.264 output.
     """
     info = info or probe(source)
     pending: deque = deque()  # the pts of frames pushed in, handed to frames coming out in the same order
@@ -72,7 +72,8 @@ def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(logging_redirect_tqdm())
-        w = stack.enter_context(VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info))
+        w = stack.enter_context(VideoWriter(Path(output), fps=info.fps, lossless=lossless, crf=crf, like=info,
+                                                preset=preset))
         bar = stack.enter_context(tqdm(total=info.num_frames, desc=desc, unit="frame", disable=quiet,
                                        leave=overall is None))
         frames = iter_timed_frames(source)
@@ -120,5 +121,5 @@ def deblur_file(source, output, method: str = "transfer", options: dict | None =
     info = probe(source)
     stream = build_stream(source, info, method, options)
     stream_kwargs.setdefault("desc", f"deblur ({method})")
-    return stream_file(source, output, stream, info, lossless=run.lossless, crf=run.crf, quiet=run.quiet,
-                       **stream_kwargs)
+    return stream_file(source, output, stream, info, lossless=run.lossless, crf=run.crf, preset=run.preset,
+                       quiet=run.quiet, **stream_kwargs)
