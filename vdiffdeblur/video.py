@@ -200,7 +200,10 @@ def _short(e: Exception) -> str:
 
 
 def _display_matrix(frame) -> tuple | None:
-    for sd in frame.side_data:
+    side = frame.side_data
+    for item in side:
+        # PyAV 18.1.1 iterates the container's keys (the types); 18.1.0 iterated the entries themselves
+        sd = item if hasattr(item, "type") else side[item]
         if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
             m = tuple(int(v) for v in np.frombuffer(bytes(sd), dtype="<i4")[:9])
             return None if m == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30) else m
