@@ -7,7 +7,8 @@ size, with the weights and flows brought back up. Frames at or below the cap tak
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import cv2
@@ -34,6 +35,29 @@ def pool() -> ThreadPoolExecutor:
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="vdiffdeblur-workres"))
     return _POOL[0]
+
+
+class InOrder:
+    """Per-frame jobs run in `pool()` (or at once, in this thread, with `inline`), their results taken back in the
+    order they were started."""
+
+    def __init__(self):
+        self.running: deque = deque()
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def start(self, inline: bool, fn, *args) -> None:
+        if inline:
+            done: Future = Future()
+            done.set_result(fn(*args))
+            self.running.append(done)
+        else:
+            self.running.append(pool().submit(fn, *args))
+
+    def ready(self, keep: int) -> list:
+        """The results at the front, in order, all but the last ``keep`` (waited for)."""
+        return [self.running.popleft().result() for _ in range(len(self.running) - keep)]
 
 
 def working_scale(shape: tuple, long_side: int) -> float:

@@ -22,7 +22,6 @@ transfer fills with the same pairs of the same input frames.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cv2
@@ -31,7 +30,7 @@ import numpy as np
 from ..blur import blur_image, fit_linear_kernel
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gray_float, solve_log_sharpness
-from ..workres import MAX_WORKERS, bytes_to_linear, change_box, downscale, pool, upscale_map, working_scale
+from ..workres import MAX_WORKERS, InOrder, bytes_to_linear, change_box, downscale, upscale_map, working_scale
 from .stream import FrameStream, frame_list, run
 
 
@@ -118,7 +117,7 @@ class DoNoHarmGuard:
         # above the working size, outputs are computed in worker threads, up to this many at once (as the transfer)
         self.max_workers = max(1, min(MAX_WORKERS, cv2.getNumThreads() if workers is None else int(workers)))
         self.workers = 1  # set by the first frame's size
-        self.running: deque[Future] = deque()  # outputs started and not yet returned, in frame order
+        self.running = InOrder()  # outputs started and not yet returned, in frame order
         self.inputs: deque = deque()  # input frames whose method output has not come out yet
         self.frames: deque = deque()  # (index, x, y, grey x, WorkingFrame of x above the working size)
         self.pairs: dict[tuple[int, int], tuple[float, float]] = {}
@@ -145,12 +144,7 @@ class DoNoHarmGuard:
         pairs = [(i - lo, j - lo, d, w) for (i, j), (d, w) in self.pairs.items() if i in idx and j in idx]
         a = solve_log_sharpness(len(idx), pairs)
         _, x, y, _, work = next(f for f in self.frames if f[0] == t)
-        if self.workers > 1:
-            self.running.append(pool().submit(_output, x, y, work, float(a[t - lo]), self.cfg))
-        else:
-            done: Future = Future()
-            done.set_result(_output(x, y, work, float(a[t - lo]), self.cfg))
-            self.running.append(done)
+        self.running.start(self.workers == 1, _output, x, y, work, float(a[t - lo]), self.cfg)
         self.n_out += 1
         while self.frames and self.frames[0][0] < self.n_out - self.cfg.radius:  # no longer needed
             old = self.frames.popleft()[0]
@@ -159,8 +153,7 @@ class DoNoHarmGuard:
     def _ready(self, keep: int) -> list[np.ndarray]:
         """The outputs at the front, in order, all but the last ``keep`` (waited for)."""
         ready = []
-        while len(self.running) > keep:
-            out, info = self.running.popleft().result()
+        for out, info in self.running.ready(keep):
             self.log.append(info)
             ready.append(out)
         return ready

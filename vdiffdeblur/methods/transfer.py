@@ -17,7 +17,6 @@ upscaled weights, only inside the box where a weight is non-zero.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cv2
@@ -33,7 +32,16 @@ from ..blur import (
 from ..flow import consistency, inside_mask, robust_flow, warp
 from ..pair_cache import SHARED
 from ..sharpness import PairMeasure, gradient_energy, gray_float
-from ..workres import MAX_WORKERS, bytes_to_linear, change_box, pool, upscale_flow, upscale_map, warp_box, working_scale
+from ..workres import (
+    MAX_WORKERS,
+    InOrder,
+    bytes_to_linear,
+    change_box,
+    upscale_flow,
+    upscale_map,
+    warp_box,
+    working_scale,
+)
 from .stream import OneByOne, run
 
 
@@ -194,26 +202,20 @@ class SharpTransfer(OneByOne):
         self.buf: deque[_Frame] = deque(maxlen=2 * self.cfg.radius + 1)
         self.n_in = 0  # frames received
         self.n_out = 0  # frames whose repair has started
-        self.running: deque[Future] = deque()  # repairs started and not yet emitted, in frame order
+        self.running = InOrder()  # repairs started and not yet emitted, in frame order
         self.weights: list[float] = []  # mean blend weight per emitted frame, for reporting
 
     def _start(self, t: int) -> None:
         first = self.n_in - len(self.buf)  # absolute index of buf[0]
         target = self.buf[t - first]
         neighbours = [f for i, f in enumerate(self.buf) if i + first != t and abs(i + first - t) <= self.cfg.radius]
-        if self.workers == 1:
-            done: Future = Future()
-            done.set_result(transfer_frame(target, neighbours, self.cfg))
-            self.running.append(done)
-        else:
-            self.running.append(pool().submit(transfer_frame, target, neighbours, self.cfg))
+        self.running.start(self.workers == 1, transfer_frame, target, neighbours, self.cfg)
         self.n_out += 1
 
     def _ready(self, keep: int) -> list[np.ndarray]:
         """The repairs at the front, in order, all but the last ``keep`` (waited for)."""
         ready = []
-        while len(self.running) > keep:
-            out, w = self.running.popleft().result()
+        for out, w in self.running.ready(keep):
             self.weights.append(w)
             ready.append(out)
         return ready
