@@ -45,17 +45,17 @@ def quality_clips(photos=EVAL_PHOTOS, num_frames: int = 40, size=(256, 192), see
     return out
 
 
-def _figures(result: np.ndarray, clip: QualityClip) -> dict:
-    s = score(result, clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent, with_ewarp=False)
+def _score(result: np.ndarray, clip: QualityClip):
+    return score(result, clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent, with_ewarp=False)
+
+
+def _figures(result: np.ndarray, clip: QualityClip, s=None) -> dict:
+    """The figures of `result` on `clip`, from its `_score` when given."""
+    s = s if s is not None else _score(result, clip)
     loss = np.asarray(s.input_psnr) - np.asarray(s.psnr)
     return {"input_hard_psnr": float(np.mean(s.input_psnr[s.hard])), "hard_psnr": s.hard_psnr,
             "hard_gain": s.gain("hard"), "all_gain": s.gain("all"),
             "frames_worse_0.5dB": int(np.sum(loss > MAX_FRAME_LOSS_DB)), "worst_loss": float(loss.max())}
-
-
-def _frame_psnr(result: np.ndarray, clip: QualityClip) -> np.ndarray:
-    return np.asarray(score(result, clip.sharp, blurry=clip.blurry, blur_score=clip.blur_extent,
-                            with_ewarp=False).psnr)
 
 
 @torch.no_grad()
@@ -81,11 +81,13 @@ def evaluate_pipeline(pipe, clips: list[QualityClip], *, num_inference_steps: in
                       generator=torch.Generator().manual_seed(seed + i), output_type="np", **extra).frames[0]
         seconds = time.perf_counter() - t0
         result = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        scored = _score(result, clip)
         row = {"clip": clip.name, "frames": len(result), "size": f"{result.shape[2]}x{result.shape[1]}",
-               "s_per_frame": seconds / len(result), **_figures(result, clip)}
+               "s_per_frame": seconds / len(result), **_figures(result, clip, scored)}
         if method:
-            row["prior"] = {"method": method, **_figures(extra["prior"], clip)}
-            below = _frame_psnr(extra["prior"], clip) - _frame_psnr(result, clip)
+            prior_scored = _score(extra["prior"], clip)
+            row["prior"] = {"method": method, **_figures(extra["prior"], clip, prior_scored)}
+            below = np.asarray(prior_scored.psnr) - np.asarray(scored.psnr)
             row["frames_worse_than_prior"] = int(np.sum(below > MAX_LOSS_VS_PRIOR_DB))
         if with_guard:
             t0 = time.perf_counter()

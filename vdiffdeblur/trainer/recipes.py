@@ -183,14 +183,14 @@ def carried_checkpoint(stage: Stage) -> Path | None:
 def start_from_carried(stage: Stage, out: Path) -> Path | None:
     """Copy the stage's carried checkpoint and its `training_log.json` into `out` (a stage output with no
     checkpoint of its own), so that a long run goes on where an earlier session stopped; returns the copy."""
-    from .checkpoints import list_checkpoints
+    from .checkpoints import checkpoint_step, list_checkpoints, temp_checkpoint_dir
 
     src = carried_checkpoint(stage)
     if src is None or list_checkpoints(out):
         return None
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{src.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_checkpoint_dir(out, checkpoint_step(src))  # the checkpoints' own temporary name: never a user's
+    shutil.rmtree(tmp, ignore_errors=True)  # a copy a killed run left half-done
     shutil.copytree(src, tmp)
     log = src.parent / "training_log.json"
     if log.is_file() and not (out / log.name).exists():
