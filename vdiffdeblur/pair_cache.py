@@ -52,13 +52,6 @@ class PairCache:
         self._pool: ThreadPoolExecutor | None = None
         self.hits = self.misses = 0
 
-    def _get(self, table: OrderedDict, key):
-        with self._lock:
-            v = table.get(key)
-            if v is not None:
-                table.move_to_end(key)
-            return v
-
     def _put(self, table: OrderedDict, key, value, limit: int) -> None:
         with self._lock:
             table[key] = value
