@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..io_threads import BackgroundWriter, Prefetch
 from ..outputs import check_output
 from ..video import VideoInfo, VideoWriter, iter_timed_frames, probe
-from .options import TransferOptions, options_of, split_options
+from .options import RunOptions, TransferOptions, options_of, split_options
 from .stream import Chain
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def build_stream(source, info: VideoInfo, method: str, options: dict | None = No
 
 def stream_file(source, output, stream, info: VideoInfo | None = None, desc: str = "deblur",
                 lossless: bool = False, crf: int = 18, quiet: bool = False, overlap: bool = True,
-                overall=None, stats: dict | None = None, preset: str = "veryfast") -> VideoInfo:
+                overall=None, stats: dict | None = None, preset: str = RunOptions.preset) -> VideoInfo:
     """Decode ``source``, push every frame through ``stream`` (a FrameStream), encode what it emits into ``output``.
 
     The output keeps the source's frame timestamps, rotation, colour description, audio and subtitles; its
