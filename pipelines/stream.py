@@ -9,7 +9,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from vdiffdeblur.colour_fix import apply_color_fix, check_color_fix
-from vdiffdeblur.frames import crop_to, pad_to_multiple
+from vdiffdeblur.frames import check_finite, crop_to, pad_to_multiple
+from vdiffdeblur.models.blur_encoder import select_condition_frames
 from vdiffdeblur.models.conditioning import decode_video_latents, encode_video_latents
 
 if TYPE_CHECKING:
@@ -21,13 +22,17 @@ class DeblurVideoStream:
     runs on a whole clip, what `DeblurVideoPipeline.open_stream` returns, and what the CLI and the DDIM script run
     from a video reader into a writer.
 
-    `push(frames, prior=None)` takes the next frames `(B, 3, n, H, W)` in [0, 1] (and, for a pipeline with a
-    `prior_method`, the prior's same frames, whose latents travel with the blurry ones) and returns the output
-    frames now final (a list of `(B, 3, m, H, W)` float32 tensors in [0, 1], or latents with `output_latents=True`);
-    `flush()` returns the rest. A window of `window_size` frames is denoised as soon as it is complete; its first
-    `window_size - window_overlap` frames are then final, its last `window_overlap` frames are held, with the
-    model's outputs for them at every step, to be blended into the next window's at every step. Memory holds one
-    window plus those outputs, whatever the video's length. Initial noise is drawn frame by frame in order, so a
+    `push(frames, prior=None)` takes the next frames `(B, 3, n, H, W)`, float in [0, 1] or uint8 (and, for a
+    pipeline with a `prior_method`, the prior's same frames, whose latents travel with the blurry ones) and returns
+    the output frames now final (a list of `(B, 3, m, H, W)` tensors: float32 in [0, 1], uint8 for uint8 frames, or
+    latents with `output_latents=True`); `flush()` returns the rest. uint8 frames are kept as uint8 until each
+    chunk of `decode_chunk_size` frames is encoded or decoded, so a window of 4K frames holds a quarter of the
+    memory; the output is the float output rounded.
+
+    A window of `window_size` frames is denoised as soon as it is complete; its first `window_size -
+    window_overlap` frames are then final, its last `window_overlap` frames are held, with the model's outputs for
+    them at every step, to be blended into the next window's at every step. Memory holds one window plus those
+    outputs, whatever the video's length. Initial noise is drawn frame by frame in order, so a
     video gets the same noise whether it comes at once or in pieces.
     """
 
@@ -88,6 +93,9 @@ class DeblurVideoStream:
         self._predictions: list[torch.Tensor] | None = None  # the held frames' model outputs, per step
         self._tail: torch.Tensor | None = None  # final latents of the held frames
         self._processed_any = False
+        self._uint8: bool | None = None  # whether frames come (and go out) as uint8; set by the first push
+        folder = getattr(pipe, "name_or_path", None)
+        self.name = f"{folder}: the diffusion model" if folder else "the diffusion model"
 
     @property
     def device(self):
@@ -107,10 +115,15 @@ class DeblurVideoStream:
                 raise ValueError(f"this pipeline refines {self.prior_method} output: push the prior's frames too")
             if tuple(prior.shape) != tuple(frames.shape):
                 raise ValueError(f"prior frames {tuple(prior.shape)} differ from the frames {tuple(frames.shape)}")
+        uint8 = frames.dtype == torch.uint8
+        if self._uint8 is None:
+            self._uint8 = uint8
+        elif uint8 != self._uint8:
+            raise ValueError(f"frames came as {'uint8' if self._uint8 else 'float'} before, now as {frames.dtype}")
         out = []
         for i in range(frames.shape[2]):
-            self._pixels.append(frames[:, :, i : i + 1].float())
-            self._prior_pixels.append(None if prior is None else prior[:, :, i : i + 1].float())
+            self._pixels.append(self._keep(frames[:, :, i : i + 1]))
+            self._prior_pixels.append(None if prior is None else self._keep(prior[:, :, i : i + 1]))
             self._prior.append(None)
             self._blur.append(None)
             self._noise.append(None)
@@ -141,31 +154,49 @@ class DeblurVideoStream:
     def _pad(self, pixels: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(pixels, self.pipe.spatial_multiple)[0]
 
+    @staticmethod
+    def _keep(frames: torch.Tensor) -> torch.Tensor:
+        return frames if frames.dtype == torch.uint8 else frames.float()
+
+    def _video(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Buffered frames -> one float32 `(B, 3, k, H, W)` tensor in [0, 1] on the pipeline's device."""
+        x = torch.cat(frames, dim=2).to(self.device)
+        return x.float().div(255.0) if x.dtype == torch.uint8 else x
+
+    def _chunks(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """`[start, stop)` in runs of `decode_chunk_size` frames: what is converted, encoded or decoded at once."""
+        step = self.decode_chunk_size or max(1, stop - start)
+        return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+    def _encode(self, frames: list[torch.Tensor], start: int) -> list[torch.Tensor]:
+        """VAE latents `(B, C, 1, h, w)` of `frames[start:]`, one chunk of frames at a time."""
+        vae, out = self.pipe.vae, []
+        for a, b in self._chunks(start, len(frames)):
+            enc = encode_video_latents(vae, self._pad(self._video(frames[a:b])).to(vae.dtype),
+                                       chunk_size=self.decode_chunk_size)
+            out += [enc[:, :, j : j + 1] for j in range(b - a)]
+        return out
+
     def _process(self, final: bool) -> list[torch.Tensor]:
         pipe = self.pipe
-        device, dtype = self.device, pipe.unet.dtype
+        dtype = pipe.unet.dtype
         n = len(self._pixels)
-        pixels = torch.cat(self._pixels, dim=2).to(device)
         # VAE latents of the frames not encoded yet (the held ones were encoded with the previous window)
         new = [i for i in range(n) if self._blur[i] is None]
         if new:
-            enc = encode_video_latents(pipe.vae, self._pad(pixels[:, :, new[0] :]).to(pipe.vae.dtype),
-                                       chunk_size=self.decode_chunk_size)
-            for j, i in enumerate(range(new[0], n)):
-                self._blur[i] = enc[:, :, j : j + 1]
+            self._blur[new[0]:] = self._encode(self._pixels, new[0])
             if self.prior_method is not None:
-                prior_pixels = torch.cat(self._prior_pixels[new[0]:], dim=2).to(device)
-                enc = encode_video_latents(pipe.vae, self._pad(prior_pixels).to(pipe.vae.dtype),
-                                           chunk_size=self.decode_chunk_size)
-                for j, i in enumerate(range(new[0], n)):
-                    self._prior[i] = enc[:, :, j : j + 1]
+                self._prior[new[0]:] = self._encode(self._prior_pixels, new[0])
         for i in range(n):
             if self._noise[i] is None:
                 self._noise[i] = self._noise_for(self._start + i)
         blur = torch.cat(self._blur, dim=2).to(dtype)
         prior = None if self.prior_method is None else torch.cat(self._prior, dim=2).to(dtype)
         latents = torch.cat(self._noise, dim=2).to(dtype)
-        tokens = pipe.blur_encoder(pixels.to(pipe.blur_encoder.dtype))
+        # only the conditioning frames are converted (the encoder picks the same ones from them)
+        picked = select_condition_frames(n, pipe.blur_encoder.config.num_cond_frames)
+        cond = self._video([self._pixels[i] for i in picked])
+        tokens = pipe.blur_encoder(cond.to(pipe.blur_encoder.dtype))
         keep = 0 if final else self.overlap
         pipe._current_window = range(self._start, self._start + n)
         try:
@@ -208,15 +239,19 @@ class DeblurVideoStream:
             latents = latents / self.residual_scale + base_latents.to(latents.dtype)
         if self.output_latents:
             return latents
-        vae = self.pipe.vae
-        video = decode_video_latents(vae, latents.to(vae.dtype), chunk_size=self.decode_chunk_size)
-        video = crop_to(video, (self.height, self.width))
-        if self.residual_decode:
-            base_video = torch.cat(base_pixels, dim=2).to(video.device, video.dtype)
-            base_rec = crop_to(decode_video_latents(vae, base_latents.to(vae.dtype),
-                                                    chunk_size=self.decode_chunk_size), (self.height, self.width))
-            video = (base_video + video - base_rec.to(video.dtype)).clamp(0, 1)
-        if self.color_fix is not None:
-            inputs = torch.cat(pixels, dim=2).to(video.device, video.dtype)
-            video = apply_color_fix(video, inputs, self.color_fix).clamp(0, 1)
-        return video
+        vae, size, pieces = self.pipe.vae, (self.height, self.width), []
+        for a, b in self._chunks(0, latents.shape[2]):  # a chunk of frames at a time: 4K frames are large
+            video = crop_to(decode_video_latents(vae, latents[:, :, a:b].to(vae.dtype),
+                                                 chunk_size=self.decode_chunk_size), size)
+            if self.residual_decode:
+                base_rec = crop_to(decode_video_latents(vae, base_latents[:, :, a:b].to(vae.dtype),
+                                                        chunk_size=self.decode_chunk_size), size)
+                base_video = self._video(base_pixels[a:b]).to(video.device, video.dtype)
+                video = (base_video + video - base_rec.to(video.dtype)).clamp(0, 1)
+            if self.color_fix is not None:
+                inputs = self._video(pixels[a:b]).to(video.device, video.dtype)
+                video = apply_color_fix(video, inputs, self.color_fix).clamp(0, 1)
+            if self._uint8:  # rounded as vdiffdeblur.frames.to_uint8_frames does, which NaN must not reach
+                video = check_finite(video, self.name).float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
+            pieces.append(video)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)

@@ -33,11 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--eta", type=float_from(0), default=0.0, help="DDIM eta (default 0: deterministic)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
-    p.add_argument("--window", type=int_in(1), default=None, help="frames per temporal window (default 16)")
-    p.add_argument("--overlap", type=int_in(0), default=None, help="frames shared by consecutive windows (default 4)")
+    p.add_argument("--window", type=int_in(1), default=None,
+                   help="frames per temporal window (default 16; 4 above 1920x1088 pixels)")
+    p.add_argument("--overlap", type=int_in(0), default=None,
+                   help="frames shared by consecutive windows (default 4; 1 above 1920x1088)")
     p.add_argument("--tile-size", type=int_in(1), default=None,
-                   help="denoise frames in spatial tiles of this many pixels")
-    p.add_argument("--decode-chunk-size", type=int_in(1), default=8, help="frames per VAE call")
+                   help="denoise frames in spatial tiles of this many pixels (default: 256 above 512x384 pixels)")
+    p.add_argument("--decode-chunk-size", type=int_in(1), default=None,
+                   help="frames per VAE call (default: 8, 1 above 512x384 pixels)")
     p.add_argument("--color-fix", choices=COLOR_FIX_CHOICES, default="none",
                    help="take the output's colours from the input: wavelet (low frequencies) or adain (per-channel "
                         "mean and spread), frame by frame (default: none)")
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (small GPUs)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one frame at a time")
-    p.add_argument("--vae-tiling", action="store_true", help="decode large frames in tiles")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="VAE-code frames in tiles of 256 pixels (on by itself above 512x384)")
     p.add_argument("--lossless", action="store_true", help="write the output losslessly")
     p.add_argument("--crf", type=int_in(0, 51), default=18, help="H.264 quality of the output (lower is better)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (never the input)")

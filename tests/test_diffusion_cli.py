@@ -171,3 +171,33 @@ def test_measure_deblur_file_reports_time_and_memory(model_dir, blurry, tmp_path
     assert 0 < r["cpu_seconds_per_frame"] and 0 < r["seconds_per_frame"] < r["seconds"]
     assert r["rss_peak_mb"] >= r["rss_baseline_mb"] > 0
     assert probe(tmp_path / "o.mkv").num_frames == 10
+
+
+def test_large_frames_go_through_unet_and_vae_in_tiles(model_dir):
+    from vdiffdeblur.methods.diffusion import (
+        DECODE_CHUNK_SIZE,
+        HUGE_FRAME_WINDOW,
+        LARGE_FRAME_TILE,
+        DiffusionFrameStream,
+    )
+
+    pipe = load_pipeline(model_dir, device="cpu", dtype="float32")
+    small = DiffusionFrameStream(pipe, 384, 512, num_inference_steps=1)
+    assert small.session.tile is None and not pipe.vae.use_tiling  # 512x384 and below: whole frames
+    assert small.session.decode_chunk_size == DECODE_CHUNK_SIZE and small.session.window == pipe.default_window_size
+    big = DiffusionFrameStream(pipe, 400, 600, num_inference_steps=1, window_size=2, window_overlap=0)
+    assert big.session.tile * pipe.vae_scale_factor == LARGE_FRAME_TILE and big.session.decode_chunk_size == 1
+    assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_size == LARGE_FRAME_TILE
+    assert pipe.vae.tile_latent_min_size * pipe.vae_scale_factor == LARGE_FRAME_TILE
+    told = DiffusionFrameStream(pipe, 400, 600, num_inference_steps=1, tile_size=64, decode_chunk_size=3)
+    assert told.session.tile * pipe.vae_scale_factor == 64 and told.session.decode_chunk_size == 3  # options win
+    assert told.session.window == pipe.default_window_size
+    huge = DiffusionFrameStream(pipe, 2160, 3840, num_inference_steps=1)  # 4K: short windows
+    assert (huge.session.window, huge.session.overlap) == (HUGE_FRAME_WINDOW, 1)
+    # the stream's output is the pipeline's with the same tiles (up to a level's rounding on a few pixels)
+    frames = np.random.RandomState(1).randint(0, 256, (2, 400, 600, 3), dtype=np.uint8)
+    got = np.stack(big.push(frames) + big.flush())
+    ref = pipe(frames, num_inference_steps=1, window_size=2, window_overlap=0, tile_size=LARGE_FRAME_TILE,
+               decode_chunk_size=1, output_type="pt", generator=torch.Generator().manual_seed(0)).frames[0]
+    diff = np.abs(got.astype(int) - to_uint8_frames(ref))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4

@@ -19,6 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from helpers import REPO
 
+from vdiffdeblur.frames import to_uint8_frames
 from vdiffdeblur.pipelines import DeblurVideoPipeline, DeblurVideoPipelineOutput, ModelFolderError
 from vdiffdeblur.pipelines.pipeline_deblur_video import ALLOW_PICKLE_ENV
 from vdiffdeblur.pipelines.tiny import (
@@ -176,6 +177,23 @@ def test_stream_pushed_frame_by_frame_equals_call(pipe):
     got = torch.cat(pieces, dim=2).permute(0, 2, 1, 3, 4)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_stream_takes_uint8_frames_and_gives_the_float_output_rounded(pipe):
+    video = clip(7, 20, 28, seed=5)
+    kw = dict(num_inference_steps=2, window_size=4, window_overlap=1, decode_chunk_size=2)
+    ref = pipe(video, generator=gen(2), output_type="pt", **kw).frames[0]  # (F, 3, H, W)
+    s = pipe.open_stream(20, 28, generator=gen(2), **kw)
+    x = torch.from_numpy(video).permute(3, 0, 1, 2)[None]
+    pieces = []
+    for i in range(7):
+        pieces += s.push(x[:, :, i : i + 1])
+    pieces += s.flush()
+    assert all(p.dtype == torch.uint8 for p in pieces)
+    got = torch.cat(pieces, dim=2)[0].permute(1, 2, 3, 0).numpy()
+    assert np.array_equal(got, to_uint8_frames(ref))
+    with pytest.raises(ValueError, match="uint8 before"):
+        s.push(x[:, :, :1].float() / 255)
 
 
 @pytest.mark.parametrize("frames", [1, 2, 16, 17])

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device, resolve_precision
-from ..frames import check_finite, to_uint8_frames
 from ..model_folders import require_kind
 from ..outputs import check_output, remove_path
 from ..video import VideoInfo, probe
@@ -27,6 +26,53 @@ logger = logging.getLogger(__name__)
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """The torch dtype of ``name`` for the pipeline on ``device`` (``auto``: see ``devices.resolve_precision``)."""
     return getattr(torch, resolve_precision(name, device, "diffusion"))
+
+
+#: frames with more pixels than this go through the UNet and the VAE in tiles of LARGE_FRAME_TILE pixels, and through
+#: the VAE one frame at a time, unless told otherwise: both networks attend over every latent position at once, so
+#: a whole 1080p frame costs minutes and gigabytes (docs/diffusion.md, "Large frames")
+LARGE_FRAME_ABOVE = 512 * 384
+LARGE_FRAME_TILE = 256
+#: frames with more pixels than this (1080p, padded) are also denoised in windows of HUGE_FRAME_WINDOW frames
+#: overlapping by one: a window's latents and the model's outputs grow with its frames (4K within 4 GB)
+HUGE_FRAME_ABOVE = 1920 * 1088
+HUGE_FRAME_WINDOW = 4
+DECODE_CHUNK_SIZE = 8
+
+
+def enable_vae_tiles(vae, tile: int = LARGE_FRAME_TILE) -> None:
+    """VAE encoding and decoding in tiles of at least `tile` pixels: diffusers tiles at the config's
+    `sample_size`, 64 for the shipped VAE, which makes thousands of tiles of a 4K frame."""
+    vae.enable_tiling()
+    size = vae.tile_sample_min_size
+    size = max(int(size[0] if isinstance(size, (list, tuple)) else size), tile)
+    vae.tile_sample_min_size = size
+    vae.tile_latent_min_size = size // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def frame_size_defaults(pipe, height: int, width: int, tile_size: int | None = None,
+                        decode_chunk_size: int | None = None, window_size: int | None = None,
+                        window_overlap: int | None = None) -> dict:
+    """The stream's tile size, VAE chunk and window for frames of `height` x `width`: what is given, else whole
+    frames, `DECODE_CHUNK_SIZE` frames per VAE call and the pipeline's window; above `LARGE_FRAME_ABOVE` pixels
+    `LARGE_FRAME_TILE`-pixel tiles (VAE tiling switched on) and one frame per VAE call, above `HUGE_FRAME_ABOVE`
+    also windows of `HUGE_FRAME_WINDOW` frames overlapping by one."""
+    large, huge = height * width > LARGE_FRAME_ABOVE, height * width > HUGE_FRAME_ABOVE
+    if large and not getattr(pipe.vae, "use_tiling", False):
+        enable_vae_tiles(pipe.vae)
+    if large and tile_size is None:
+        m = pipe.spatial_multiple
+        tile_size = max(m, LARGE_FRAME_TILE // m * m)
+    if decode_chunk_size is None:
+        decode_chunk_size = 1 if large else DECODE_CHUNK_SIZE
+    if huge and window_size is None:
+        window_size, window_overlap = HUGE_FRAME_WINDOW, 1 if window_overlap is None else window_overlap
+    if large:
+        logger.info("%dx%d frames: UNet tiles of %d pixels, VAE tiles of %d, %d frame(s) per VAE call, windows of "
+                    "%s frames", width, height, tile_size, pipe.vae.tile_sample_min_size, decode_chunk_size,
+                    window_size or "the pipeline's")
+    return dict(tile_size=tile_size, decode_chunk_size=decode_chunk_size, window_size=window_size,
+                window_overlap=window_overlap)
 
 
 #: the small pipeline shipped with the package (training/configs/small*.yaml; docs/diffusion.md)
@@ -64,7 +110,7 @@ def load_pipeline(model=None, device: str | None = "auto", dtype: str | None = "
     if vae_slicing:
         pipe.vae.enable_slicing()
     if vae_tiling:
-        pipe.vae.enable_tiling()
+        enable_vae_tiles(pipe.vae)
     logger.info("loaded %s on %s in %s", model, dev, torch_dtype)
     return pipe
 
@@ -137,7 +183,7 @@ class DiffusionFrameStream:
 
     def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
-                 window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = 8,
+                 window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = None,
                  eta: float = 0.0, color_fix: str | None = None, name: str | None = None, prior_stream=None):
         folder = getattr(pipe, "name_or_path", None)
         self.name = name or (f"{folder}: the diffusion model" if folder else "the diffusion model")
@@ -148,13 +194,14 @@ class DiffusionFrameStream:
                                 else "takes no prior but a prior stream was given"))
         self.prior_stream = prior_stream
         self._waiting: deque = deque()  # blurry frames whose prior frame is not out yet
+        sizes = frame_size_defaults(pipe, height, width, tile_size, decode_chunk_size, window_size, window_overlap)
         kwargs = dict(num_inference_steps=num_inference_steps, eta=eta, generator=make_generator(seed),
-                      window_size=window_size, tile_size=tile_size, decode_chunk_size=decode_chunk_size,
-                      color_fix=color_fix)
+                      window_size=sizes["window_size"], tile_size=sizes["tile_size"],
+                      decode_chunk_size=sizes["decode_chunk_size"], color_fix=color_fix)
         if guidance_scale is not None:
             kwargs["guidance_scale"] = guidance_scale
-        if window_overlap is not None:
-            kwargs["window_overlap"] = window_overlap
+        if sizes["window_overlap"] is not None:
+            kwargs["window_overlap"] = sizes["window_overlap"]
         self.session = pipe.open_stream(height, width, batch_size=1, **kwargs)
 
     def push(self, frames) -> list[np.ndarray]:
@@ -193,7 +240,8 @@ class DiffusionFrameStream:
 
     @staticmethod
     def _tensor(frames: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(255.0)[None]
+        # uint8 in: the stream keeps its window as uint8 and hands back uint8 (a quarter of float32 at 4K)
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]
 
     def _push_pairs(self, frames, prior) -> list[np.ndarray]:
         if frames is None:
@@ -204,8 +252,8 @@ class DiffusionFrameStream:
 
     def _to_frames(self, pieces) -> list[np.ndarray]:
         out = []
-        for p in pieces:  # (1, 3, m, H, W) in [0, 1]
-            out.extend(to_uint8_frames(check_finite(p[0].permute(1, 0, 2, 3), self.name)))
+        for p in pieces:  # (1, 3, m, H, W) uint8
+            out.extend(p[0].permute(1, 2, 3, 0).cpu().numpy())
         return out
 
 
@@ -234,7 +282,7 @@ def check_job(source, output, overwrite: bool = False) -> VideoInfo:
 def deblur_video_file(pipe, source, output, *, num_inference_steps: int | None = None,
                       guidance_scale: float | None = None,
                       seed: int | None = 0, window_size: int | None = None, window_overlap: int | None = None,
-                      tile_size: int | None = None, decode_chunk_size: int | None = 8, eta: float = 0.0,
+                      tile_size: int | None = None, decode_chunk_size: int | None = None, eta: float = 0.0,
                       color_fix: str | None = None, lossless: bool = False, crf: int = 18, quiet: bool = False,
                       overwrite: bool = False, prior: str | None = None,
                       prior_device: str | None = "auto") -> VideoInfo:

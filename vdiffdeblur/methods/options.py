@@ -91,15 +91,19 @@ class DiffusionOptions:
                       choices=DTYPES)
     guidance: float | None = _opt(None, "classifier-free guidance scale, >= 0; 1 or less runs without guidance "
                                         "(default: the pipeline's)", type=float_from(0))
-    window: int | None = _opt(None, "frames per window, at least 1 (default: the pipeline's, 16)", type=int_in(1))
+    window: int | None = _opt(None, "frames per window, at least 1 (default: the pipeline's, 16; 4 above 1920x1088 "
+                                    "pixels)", type=int_in(1))
     overlap: int | None = _opt(None, "frames shared by consecutive windows, less than --window (default: the "
-                                     "pipeline's, 4)", type=int_in(0))
-    tile_size: int | None = _opt(None, "denoise frames in spatial tiles of this many pixels (default: whole frames)",
+                                     "pipeline's, 4; 1 above 1920x1088 pixels)", type=int_in(0))
+    tile_size: int | None = _opt(None, "denoise frames in spatial tiles of this many pixels (default: 256 above "
+                                       "512x384 pixels, with VAE tiling, else whole frames)",
                                  type=int_in(1))
-    decode_chunk_size: int = _opt(8, "frames per VAE call, at least 1", type=int_in(1))
+    decode_chunk_size: int | None = _opt(None, "frames per VAE call, at least 1 (default: 8, 1 above 512x384 pixels)",
+                                         type=int_in(1))
     cpu_offload: bool = _opt(False, "keep the models on the CPU until they run (small GPUs)", action="store_true")
     vae_slicing: bool = _opt(False, "VAE-decode one frame at a time", action="store_true")
-    vae_tiling: bool = _opt(False, "VAE-decode large frames in tiles", action="store_true")
+    vae_tiling: bool = _opt(False, "VAE-code frames in tiles of 256 pixels (on by itself above 512x384)",
+                             action="store_true")
     color_fix: str = _opt("none", "take the output's colours from the input: wavelet (its low frequencies) or adain "
                                   "(its per-channel mean and spread), frame by frame", choices=COLOR_FIX_CHOICES)
     prior: str | None = _opt(None, "the fast method whose output the model refines, run with its defaults: transfer, "
