@@ -184,9 +184,8 @@ class DiffusionFrameStream:
     def __init__(self, pipe, height: int, width: int, *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = 0, window_size: int | None = None,
                  window_overlap: int | None = None, tile_size: int | None = None, decode_chunk_size: int | None = None,
-                 eta: float = 0.0, color_fix: str | None = None, name: str | None = None, prior_stream=None):
+                 eta: float = 0.0, color_fix: str | None = None, prior_stream=None):
         folder = getattr(pipe, "name_or_path", None)
-        self.name = name or (f"{folder}: the diffusion model" if folder else "the diffusion model")
         expected = pipe.config.get("prior_method")
         if (prior_stream is None) != (expected is None):
             raise ValueError(f"{folder or 'the diffusion model'}: "
