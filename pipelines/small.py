@@ -35,8 +35,19 @@ SMALL_UNET_CONFIG_LOW_ATTENTION = dict(
     up_block_types=["UpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
 )
 
-#: `make_small_pipeline(unet_layout=...)`: the shipped layout, or attention only below the top level
-UNET_LAYOUTS = {"attention": SMALL_UNET_CONFIG, "low_attention": SMALL_UNET_CONFIG_LOW_ATTENTION}
+#: attention (spatial, temporal and to the blur tokens) in the mid block only, at the coarsest latent size: the
+#: layout for the factor-2 VAE, whose 160x120 latents of a 320x240 frame would make the layout above cost 1.15 s
+#: per UNet step and frame (docs/diffusion.md, "Speed at 320x240")
+SMALL_UNET_CONFIG_MID_ATTENTION = dict(
+    SMALL_UNET_CONFIG,
+    down_block_types=["DownBlock3D", "DownBlock3D", "DownBlock3D"],
+    up_block_types=["UpBlock3D", "UpBlock3D", "UpBlock3D"],
+)
+
+#: `make_small_pipeline(unet_layout=...)`: the shipped layout, attention only below the top level, or only in
+#: the mid block
+UNET_LAYOUTS = {"attention": SMALL_UNET_CONFIG, "low_attention": SMALL_UNET_CONFIG_LOW_ATTENTION,
+                "mid_attention": SMALL_UNET_CONFIG_MID_ATTENTION}
 
 #: transformers CLIPVisionConfig fields of the blur encoder's tower (projection = the UNet's cross_attention_dim)
 SMALL_CLIP_VISION_CONFIG = dict(

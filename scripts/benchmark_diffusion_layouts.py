@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 
-LAYOUTS = {  # name: (latent channels, VAE mid-block attention, UNet config name in pipelines.small)
-    "shipped: VAE f4c8 + attention / SMALL_UNET_CONFIG": (8, True, "SMALL_UNET_CONFIG"),
-    "VAE f4c16 + attention / SMALL_UNET_CONFIG": (16, True, "SMALL_UNET_CONFIG"),
-    "VAE f4c16 no attention / SMALL_UNET_CONFIG": (16, False, "SMALL_UNET_CONFIG"),
-    "VAE f4c16 no attention / SMALL_UNET_CONFIG_LOW_ATTENTION": (16, False, "SMALL_UNET_CONFIG_LOW_ATTENTION"),
+F4, F2 = (32, 64, 64), (32, 64)  # VAE block_out_channels: factor 4 (the shipped VAE's) and factor 2
+LAYOUTS = {  # name: (latent channels, VAE mid-block attention, UNet config name in pipelines.small, VAE blocks)
+    "shipped: VAE f4c8 + attention / SMALL_UNET_CONFIG": (8, True, "SMALL_UNET_CONFIG", F4),
+    "VAE f4c16 + attention / SMALL_UNET_CONFIG": (16, True, "SMALL_UNET_CONFIG", F4),
+    "VAE f4c16 no attention / SMALL_UNET_CONFIG": (16, False, "SMALL_UNET_CONFIG", F4),
+    "VAE f4c16 no attention / SMALL_UNET_CONFIG_LOW_ATTENTION": (16, False, "SMALL_UNET_CONFIG_LOW_ATTENTION", F4),
+    "VAE f2c8 no attention / SMALL_UNET_CONFIG_LOW_ATTENTION": (8, False, "SMALL_UNET_CONFIG_LOW_ATTENTION", F2),
+    "VAE f2c8 no attention / SMALL_UNET_CONFIG_MID_ATTENTION": (8, False, "SMALL_UNET_CONFIG_MID_ATTENTION", F2),
 }
 
 
@@ -40,8 +43,8 @@ def measure(width: int, height: int, frames: int, repeat: int = 2, layouts=None)
     rows = []
     x = torch.rand(frames, 3, height, width) * 2 - 1
     for name in layouts or LAYOUTS:
-        channels, attention, unet_name = LAYOUTS[name]
-        vae_cfg = VAETrainConfig(block_out_channels=(32, 64, 64), latent_channels=channels,
+        channels, attention, unet_name, blocks = LAYOUTS[name]
+        vae_cfg = VAETrainConfig(block_out_channels=blocks, latent_channels=channels,
                                  mid_block_attention=attention).vae_config()
         torch.manual_seed(0)
         vae = AutoencoderKL(**vae_cfg).eval()

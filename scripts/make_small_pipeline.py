@@ -2,7 +2,7 @@
 (`vdiffdeblur.pipelines.small`): the folder `training/stage1.py` starts from.
 
     python scripts/make_small_pipeline.py --vae outputs/diffusion_vae/vae --out outputs/diffusion_init [--seed 0]
-        [--unet-layout attention|low_attention] [--prior transfer|dtb]
+        [--unet-layout attention|low_attention|mid_attention] [--prior transfer|dtb]
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ def main(argv=None) -> int:
     p.add_argument("--vae", required=True, help="an AutoencoderKL folder (training/train_vae.py's output_dir/vae)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seeds the UNet's and the blur encoder's initial weights")
-    p.add_argument("--unet-layout", default="attention", choices=("attention", "low_attention"),
-                   help="the shipped UNet, or one without attention at the full latent size (faster; "
-                        "docs/diffusion.md, 'Speed at 320x240')")
+    p.add_argument("--unet-layout", default="attention", choices=("attention", "low_attention", "mid_attention"),
+                   help="the shipped UNet, one without attention at the full latent size, or one with attention in "
+                        "its mid block only (faster; docs/diffusion.md, 'Speed at 320x240')")
     p.add_argument("--prior", choices=("transfer", "dtb"), default=None,
                    help="the UNet also takes this method's output and refines it (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")

@@ -195,10 +195,10 @@ def test_a_stage_with_no_checkpoint_goes_on_from_its_carried_one(tmp_path, capsy
 
 
 def test_the_next_diffusion_recipe_parses_and_gives_the_transfer_model_its_prior():
-    recipe = R.load_recipe("diffusion_f4c16")
+    recipe = R.load_recipe("diffusion_f2c8")
     init, stage1, stage2 = recipe.stages
-    assert "low_attention" in init.args
-    assert init.args[init.args.index("--vae") + 1].endswith("diffusion_vae_f4c16/vae/vae")
+    assert "mid_attention" in init.args
+    assert init.args[init.args.index("--vae") + 1].endswith("diffusion_vae_f2c8/vae/vae")
     plain, refining = recipe.models
     for stage in (stage1, stage2):
         cli = R.trainers()[stage.script].cli()

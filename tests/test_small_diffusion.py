@@ -364,32 +364,40 @@ def test_vae_cooldown_branch_and_ema_export_the_average(tmp_path):
     assert lrs[4] == 0.0
 
 
-def test_vae_f4c16_recipe_is_the_shipped_vae_with_16_channels_trained_longer():
+def test_vae_recipe_is_the_shipped_vae_at_factor_2_with_8_channels_trained_longer():
     from vdiffdeblur.trainer import recipes as R
     from vdiffdeblur.trainer.vae import vae_cli
 
     recipe = R.load_recipe("diffusion_vae")
     (stage,) = recipe.stages
-    assert stage.script == "training/train_vae.py" and stage.config == "vae_f4c16.yaml"
+    assert stage.script == "training/train_vae.py" and stage.config == "vae_f2c8.yaml"
     cli = vae_cli()
-    new = cli.parse(["--config", str(R.CONFIGS / "vae_f4c16.yaml")])
+    new = cli.parse(["--config", str(R.CONFIGS / "vae_f2c8.yaml")])
     old = cli.parse(["--config", str(R.CONFIGS / "small_vae.yaml")])
     changed = {k for k, v in vars(new).items() if getattr(old, k) != v}
-    assert changed == {"output_dir", "latent_channels", "max_train_steps", "checkpointing_steps", "eval_steps",
-                       "ema_decay"}
-    assert new.latent_channels == 16 and 2 ** (len(new.block_out_channels) - 1) == 4
+    assert changed == {"output_dir", "block_out_channels", "mid_block_attention", "max_train_steps",
+                       "checkpointing_steps", "eval_steps", "ema_decay"}
+    assert new.latent_channels == 8 and 2 ** (len(new.block_out_channels) - 1) == 2
     assert new.lr_scheduler == "constant_with_warmup"  # stopping at a checkpoint and going on is one run
     argv = R.trainer_argv(recipe, recipe.models[0], stage, Path("w"), resume=True)
     assert argv[-2:] == ["--resume_from_checkpoint", "latest"]
+    # the earlier factor-4 run's config still parses (docs/training.md keeps its curve)
+    f4 = cli.parse(["--config", str(R.CONFIGS / "vae_f4c16.yaml")])
+    assert f4.latent_channels == 16 and 2 ** (len(f4.block_out_channels) - 1) == 4
 
 
 def test_layout_benchmark_times_each_part_and_the_low_attention_unet_has_no_top_attention():
+    from diffusers import UNet3DConditionModel
     from helpers import load_script
 
-    from vdiffdeblur.pipelines.small import SMALL_UNET_CONFIG, SMALL_UNET_CONFIG_LOW_ATTENTION
+    from vdiffdeblur.pipelines.small import (
+        SMALL_UNET_CONFIG,
+        SMALL_UNET_CONFIG_LOW_ATTENTION,
+        SMALL_UNET_CONFIG_MID_ATTENTION,
+    )
 
     bench = load_script("benchmark_diffusion_layouts")
-    names = list(bench.LAYOUTS)[-2:]
+    names = list(bench.LAYOUTS)[-3:]
     rows = bench.measure(64, 48, frames=2, repeat=1, layouts=names)
     assert [r["layout"] for r in rows] == names
     for r in rows:
@@ -399,3 +407,11 @@ def test_layout_benchmark_times_each_part_and_the_low_attention_unet_has_no_top_
     assert low["down_block_types"][0] == "DownBlock3D" and low["up_block_types"][-1] == "UpBlock3D"
     assert {k: v for k, v in low.items() if "block_types" not in k} == {
         k: v for k, v in SMALL_UNET_CONFIG.items() if "block_types" not in k}
+    # the factor-2 layout: no attention block outside the mid block, the rest as the shipped UNet
+    mid = SMALL_UNET_CONFIG_MID_ATTENTION
+    assert set(mid["down_block_types"]) == {"DownBlock3D"} and set(mid["up_block_types"]) == {"UpBlock3D"}
+    assert {k: v for k, v in mid.items() if "block_types" not in k} == {
+        k: v for k, v in SMALL_UNET_CONFIG.items() if "block_types" not in k}
+    unet = UNet3DConditionModel(**mid, in_channels=16, out_channels=8)
+    attn = [n for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
+    assert attn and all(n.startswith("mid_block.") for n in attn)
