@@ -415,3 +415,24 @@ def test_layout_benchmark_times_each_part_and_the_low_attention_unet_has_no_top_
     unet = UNet3DConditionModel(**mid, in_channels=16, out_channels=8)
     attn = [n for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"]
     assert attn and all(n.startswith("mid_block.") for n in attn)
+
+
+def test_carried_factor_2_vae_cool_down_reconstructs_the_eval_photos_at_32_db():
+    """The cool-down of the factor-2 run (docs/training.md, "The third run: factor 2"), committed with its summary:
+    the issue's >= 32 dB on the held-out photos at 320x240, measured here again from the weights."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from vdiffdeblur.data.synthetic import EVAL_PHOTOS
+    from vdiffdeblur.trainer.recipes import ROOT
+    from vdiffdeblur.trainer.vae import eval_images, reconstruction_psnr
+
+    folder = ROOT / "training" / "carried" / "diffusion_vae_f2c8_cool3800"
+    vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
+    assert vae.config.latent_channels == 8 and len(vae.config.block_out_channels) == 2  # factor 2
+    assert not (folder / "vae" / "diffusion_pytorch_model.bin").exists()
+    psnr = reconstruction_psnr(vae, dict(zip(EVAL_PHOTOS, eval_images(EVAL_PHOTOS, (320, 240)))))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert psnr == pytest.approx(summary["eval_psnr"], abs=0.05)
+    assert sum(psnr.values()) / len(psnr) >= 32.0
