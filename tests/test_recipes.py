@@ -198,7 +198,8 @@ def test_the_next_diffusion_recipe_parses_and_gives_the_transfer_model_its_prior
     recipe = R.load_recipe("diffusion_f2c8")
     init, stage1, stage2 = recipe.stages
     assert "mid_attention" in init.args
-    assert init.args[init.args.index("--vae") + 1].endswith("diffusion_vae_f2c8/vae/vae")
+    vae = init.args[init.args.index("--vae") + 1]
+    assert vae == "training/carried/diffusion_vae_f2c8_cool3800/vae" and (R.ROOT / vae / "config.json").is_file()
     plain, refining = recipe.models
     for stage in (stage1, stage2):
         cli = R.trainers()[stage.script].cli()
