@@ -9,7 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from vdiffdeblur.colour_fix import apply_color_fix, check_color_fix
-from vdiffdeblur.frames import check_finite, crop_to, pad_to_multiple
+from vdiffdeblur.frames import check_finite, crop_to, pad_to_multiple, to_uint8
 from vdiffdeblur.models.blur_encoder import select_condition_frames
 from vdiffdeblur.models.conditioning import decode_video_latents, encode_video_latents
 
@@ -251,7 +251,7 @@ class DeblurVideoStream:
             if self.color_fix is not None:
                 inputs = self._video(pixels[a:b]).to(video.device, video.dtype)
                 video = apply_color_fix(video, inputs, self.color_fix).clamp(0, 1)
-            if self._uint8:  # rounded as vdiffdeblur.frames.to_uint8_frames does, which NaN must not reach
-                video = check_finite(video, self.name).float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
+            if self._uint8:  # NaN must not reach the rounding, which would make it black
+                video = to_uint8(check_finite(video, self.name))
             pieces.append(video)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)

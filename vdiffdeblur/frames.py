@@ -49,10 +49,14 @@ def check_finite(x: torch.Tensor, what: str = "the model",
     return x
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [0, 1] -> uint8 of the same shape, rounded (values outside [0, 1] clipped)."""
+    return x.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
+
+
 def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
     """float (F, 3, H, W) in [0, 1] -> uint8 (F, H, W, 3), rounded."""
-    x = frames.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(frames).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:

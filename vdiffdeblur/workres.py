@@ -55,9 +55,15 @@ class InOrder:
         else:
             self.running.append(pool().submit(fn, *args))
 
-    def ready(self, keep: int) -> list:
-        """The results at the front, in order, all but the last ``keep`` (waited for)."""
-        return [self.running.popleft().result() for _ in range(len(self.running) - keep)]
+    def ready(self, keep: int, notes: list) -> list:
+        """Jobs return ``(output, note)``: the outputs at the front, in order, all but the last ``keep`` (waited
+        for); their notes are appended to ``notes``."""
+        out = []
+        for _ in range(len(self.running) - keep):
+            output, note = self.running.popleft().result()
+            notes.append(note)
+            out.append(output)
+        return out
 
 
 def working_scale(shape: tuple, long_side: int) -> float:

@@ -150,14 +150,6 @@ class DoNoHarmGuard:
             old = self.frames.popleft()[0]
             self.pairs = {k: v for k, v in self.pairs.items() if k[0] != old}
 
-    def _ready(self, keep: int) -> list[np.ndarray]:
-        """The outputs at the front, in order, all but the last ``keep`` (waited for)."""
-        ready = []
-        for out, info in self.running.ready(keep):
-            self.log.append(info)
-            ready.append(out)
-        return ready
-
     def _add(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
         if x.shape != y.shape:
             raise ValueError(f"guard: output frame {self.n_in} has shape {y.shape}, input {x.shape}")
@@ -173,7 +165,7 @@ class DoNoHarmGuard:
         self.n_in += 1
         while self.n_out <= self.n_in - 1 - self.cfg.radius:
             self._emit()
-        return self._ready(self.workers - 1)
+        return self.running.ready(self.workers - 1, self.log)
 
     def _pair(self, outputs) -> list[np.ndarray]:
         return [o for y in outputs for o in self._add(self.inputs.popleft(), y)]
@@ -204,7 +196,7 @@ class DoNoHarmGuard:
         ready = self._pair(self.method.flush())
         while self.n_out < self.n_in:
             self._emit()
-        return ready + self._ready(0)
+        return ready + self.running.ready(0, self.log)
 
 
 class _Given:

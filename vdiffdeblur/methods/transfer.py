@@ -212,14 +212,6 @@ class SharpTransfer(OneByOne):
         self.running.start(self.workers == 1, transfer_frame, target, neighbours, self.cfg)
         self.n_out += 1
 
-    def _ready(self, keep: int) -> list[np.ndarray]:
-        """The repairs at the front, in order, all but the last ``keep`` (waited for)."""
-        ready = []
-        for out, w in self.running.ready(keep):
-            self.weights.append(w)
-            ready.append(out)
-        return ready
-
     def _push_one(self, frame: np.ndarray) -> list[np.ndarray]:
         if self.buf and frame.shape != self.buf[-1].rgb.shape:
             raise ValueError(f"frame {self.n_in} has shape {frame.shape}, earlier frames {self.buf[-1].rgb.shape}")
@@ -229,12 +221,12 @@ class SharpTransfer(OneByOne):
         self.n_in += 1
         while self.n_out <= self.n_in - 1 - self.cfg.radius:
             self._start(self.n_out)
-        return self._ready(self.workers - 1)
+        return self.running.ready(self.workers - 1, self.weights)
 
     def flush(self) -> list[np.ndarray]:
         while self.n_out < self.n_in:
             self._start(self.n_out)
-        return self._ready(0)
+        return self.running.ready(0, self.weights)
 
 
 def sharp_frame_transfer(frames: np.ndarray, config: TransferConfig | None = None) -> np.ndarray:
